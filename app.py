@@ -1,0 +1,129 @@
+"""Diffusion Lab: an interactive web app that teaches how diffusion models work.
+
+Run ``python app.py --help`` for the options. The app serves five lesson tabs, each
+built by one module in ``diffusion/ui/``; the computations live in ``diffusion/``.
+"""
+
+from __future__ import annotations
+
+# ZeroGPU Spaces need `spaces` imported before torch; elsewhere it is simply absent.
+try:
+    import spaces  # noqa: F401
+except ImportError:
+    spaces = None
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+import diffusion
+from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device
+from diffusion.ui import common, denoising, heat, noising, sampling, text2image
+from diffusion.ui.common import AppSettings, Translator
+
+TABS = (heat, noising, sampling, denoising, text2image)  # the lesson order
+ROOT = Path(__file__).resolve().parent
+
+CSS = """
+#dl-locale { display: none !important; }
+.dl-notice { border-left: 4px solid #f59e0b; padding: 0.4em 0.8em; background: rgba(245, 158, 11, 0.08); }
+.dl-warning { border-left: 4px solid #dc2626; padding: 0.4em 0.8em; background: rgba(220, 38, 38, 0.08); }
+#dl-header h1 { margin-bottom: 0; }
+#dl-lang-btn { max-width: 8em; }
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags. Host and port also follow GRADIO_SERVER_NAME/PORT (as on Spaces)."""
+    p = argparse.ArgumentParser(description="Diffusion Lab: learn how diffusion models work.")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                   help="address to listen on; 0.0.0.0 serves a classroom network (default: %(default)s)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                   help="port to listen on (default: %(default)s)")
+    p.add_argument("--share", action="store_true", help="also create a temporary public gradio.live link")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto",
+                   help="where models run: auto picks cuda, then mps, then cpu (default: %(default)s)")
+    p.add_argument("--lang", choices=("auto", "en", "zh-CN"), default="auto",
+                   help="UI language; auto follows each browser (default: %(default)s)")
+    p.add_argument("--heavy-concurrency", type=int, default=1, metavar="N",
+                   help="model jobs (sampling, denoising, text to image) run at once (default: %(default)s)")
+    p.add_argument("--light-concurrency", type=int, default=8, metavar="N",
+                   help="light CPU jobs (heat equation, noising) run at once (default: %(default)s)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests waiting in the queue before new ones are turned away (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=int, default=10, metavar="MB",
+                   help="largest upload accepted (default: %(default)s)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = p.parse_args(argv)
+    for name in ("heavy_concurrency", "light_concurrency", "max_queue", "max_upload_mb"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def settings_from_args(args: argparse.Namespace) -> AppSettings:
+    """Resolve the device and collect the settings the tabs need."""
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return AppSettings(
+        device=str(device), device_label=describe_device(device),
+        light_concurrency=args.light_concurrency, heavy_concurrency=args.heavy_concurrency,
+        max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, lang=args.lang,
+    )
+
+
+def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
+    """Compose the Blocks from the tab modules, with the queue configured."""
+    tr = Translator(*(tab.STRINGS for tab in TABS))
+    tr.fill("app.footer", device=settings.device_label, torch=torch.__version__.split("+")[0],
+            version=diffusion.__version__)
+    with gr.Blocks(title="Diffusion Lab · 扩散实验室") as demo:
+        gr.HTML(tr("locale_code"), elem_id="dl-locale")
+        with gr.Row(elem_id="dl-header", equal_height=True):
+            with gr.Column(scale=6):
+                gr.Markdown("# " + "Diffusion Lab · 扩散实验室")
+                gr.Markdown(tr("app.tagline"))
+            with gr.Column(scale=1, min_width=120):
+                switch = gr.Button(tr("app.switch_lang"), size="sm", elem_id="dl-lang-btn")
+        switch.click(None, js=common.SWITCH_LANG_JS)
+        with gr.Tabs():
+            for tab in TABS:
+                name = tab.__name__.rsplit(".", 1)[-1]
+                with gr.Tab(tr(f"{name}.tab"), id=name, elem_id=f"tab-{name}"):
+                    tab.build(tr, settings, demo)
+        gr.Markdown(tr("app.footer"), elem_id="dl-footer")
+        if settings.lang != "auto":
+            demo.load(None, js=common.FORCE_LANG_JS % settings.lang)
+    demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.light_concurrency)
+    return demo, tr
+
+
+def launch_kwargs(settings: AppSettings, tr: Translator) -> dict:
+    """Arguments for ``demo.launch`` shared by ``main`` and the tests."""
+    return dict(
+        i18n=tr.i18n, css=CSS, show_error=False,
+        max_file_size=f"{settings.max_upload_mb}mb",
+        allowed_paths=[], footer_links=["api", "gradio", "settings"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, build the app and serve it until interrupted."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    demo, tr = create_app(settings)
+    logging.getLogger("diffusion").info("device: %s", settings.device_label)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                **launch_kwargs(settings, tr))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

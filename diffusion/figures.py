@@ -1,0 +1,75 @@
+"""Matplotlib figures that are safe to build from many server threads at once.
+
+pyplot keeps global state and is not thread-safe, so the lessons build
+``matplotlib.figure.Figure`` objects directly. Chinese plot text needs a CJK
+font; :func:`cjk_font_available` tells the UI whether one is installed so it can
+fall back to English plot text instead of drawing empty boxes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib import font_manager  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+# Families that cover simplified Chinese, most common first on Linux, macOS, Windows.
+CJK_FAMILIES = (
+    "Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+    "Source Han Sans SC", "Source Han Sans CN", "PingFang SC", "Microsoft YaHei",
+    "SimHei", "Droid Sans Fallback", "AR PL UMing CN",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_cjk_families() -> tuple[str, ...]:
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    return tuple(family for family in CJK_FAMILIES if family in names)
+
+
+def cjk_font_available() -> bool:
+    """Whether matplotlib can draw simplified Chinese text on this machine."""
+    return bool(_installed_cjk_families())
+
+
+def new_figure(width: float = 6.4, height: float = 4.0, dpi: int = 100) -> Figure:
+    """A figure with an Agg canvas attached and a font list that covers CJK text.
+
+    Args:
+        width: Width in inches.
+        height: Height in inches.
+        dpi: Resolution used when the figure is rendered.
+
+    Returns:
+        A fresh :class:`matplotlib.figure.Figure` with layout set to ``constrained``.
+    """
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def font_family() -> list[str]:
+    """Font list for text that may be Chinese: DejaVu first, then a CJK fallback."""
+    return ["DejaVu Sans", *_installed_cjk_families()]
+
+
+def merged_text(defaults: Mapping[str, str], text: Mapping[str, str] | None) -> dict[str, str]:
+    """Default (English) plot strings overridden by the caller's translations."""
+    merged = dict(defaults)
+    if text:
+        merged.update({k: v for k, v in text.items() if k in defaults})
+    return merged
+
+
+# Matplotlib falls back glyph by glyph through this list (matplotlib >= 3.6).
+matplotlib.rcParams["font.family"] = "sans-serif"
+matplotlib.rcParams["font.sans-serif"] = [
+    "DejaVu Sans", *CJK_FAMILIES, *matplotlib.rcParams["font.sans-serif"]
+]
+matplotlib.rcParams["axes.unicode_minus"] = False

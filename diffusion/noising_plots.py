@@ -1,0 +1,163 @@
+"""Figures for lesson 2: how the noise schedules compare, and where the pixels go.
+
+Every visible string comes from :data:`NOISING_TEXT`; a user interface passes
+translations for the same keys through ``text=`` (``str.format`` fields such as
+``{t}`` must be kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from diffusion.errors import check_range
+from diffusion.figures import merged_text, new_figure
+from diffusion.noising import SCHEDULES, get_schedule
+
+NOISING_TEXT: dict[str, str] = {
+    "schedules_title": "Noise schedules with T = {T} (current: {current}, t = {t})",
+    "panel_alpha_bar": r"$\bar\alpha_t$: share of signal variance",
+    "panel_sqrt_alpha_bar": r"$\sqrt{\bar\alpha_t}$: signal coefficient",
+    "panel_sqrt_one_minus_alpha_bar": r"$\sqrt{1-\bar\alpha_t}$: noise coefficient",
+    "panel_log_snr": r"log-SNR $= \ln(\bar\alpha_t / (1-\bar\alpha_t))$",
+    "xlabel_t": "timestep t",
+    "ylabel_dimensionless": "(dimensionless)",
+    "ylabel_log_snr": "log-SNR (natural log)",
+    "schedule_linear": "linear",
+    "schedule_cosine": "cosine",
+    "schedule_scaled_linear": "scaled linear",
+    "schedule_sigmoid": "sigmoid",
+    "hist_title": "Pixel values at t = {t}",
+    "hist_xt": "$x_t$ pixels (mean {mean:.2f}, std {std:.2f})",
+    "hist_x0": "$x_0$ pixels (clean image)",
+    "hist_normal": "N(0, 1) density",
+    "hist_xlabel": "pixel value (scaled to [-1, 1])",
+    "hist_ylabel": "density",
+}
+
+FONT_SIZE = 11
+_COLOURS = {"linear": "#1f77b4", "cosine": "#d62728", "scaled_linear": "#2ca02c", "sigmoid": "#9467bd"}
+# Values shown on the histogram's x axis: N(0, 1) has 99.99% of its mass within ±4.
+_HIST_RANGE = 4.0
+
+
+def plot_schedules(
+    current: str, num_train_timesteps: int, t: int, text: Mapping[str, str] | None = None
+) -> Figure:
+    """Compare ᾱ_t, √ᾱ_t, √(1-ᾱ_t) and log-SNR of all schedules (DDPM eq. 4).
+
+    The current schedule is drawn bold with a dot at the current t; a vertical
+    line marks t on every panel. log-SNR is infinite at t = 0, so its curves
+    start at t = 1 (and no dot is drawn there when t = 0).
+
+    Args:
+        current: The schedule selected in the lesson (one of ``SCHEDULES``).
+        num_train_timesteps: Number of diffusion steps T.
+        t: Current lesson timestep in ``0..T``.
+        text: Translations for keys of :data:`NOISING_TEXT`.
+
+    Returns:
+        A 2×2-panel figure.
+
+    Raises:
+        InputError: For an unknown schedule or T, t out of range.
+    """
+    labels = merged_text(NOISING_TEXT, text)
+    current_schedule = get_schedule(current, num_train_timesteps)
+    big_t = current_schedule.num_train_timesteps
+    t = int(check_range("t", t, 0, big_t, integer=True))
+    panels = (
+        ("alpha_bar", "panel_alpha_bar", "ylabel_dimensionless"),
+        ("sqrt_alpha_bar", "panel_sqrt_alpha_bar", "ylabel_dimensionless"),
+        ("sqrt_one_minus_alpha_bar", "panel_sqrt_one_minus_alpha_bar", "ylabel_dimensionless"),
+        ("log_snr", "panel_log_snr", "ylabel_log_snr"),
+    )
+    fig = new_figure(7.2, 5.4)
+    axes = fig.subplots(2, 2, sharex=True)
+    steps = np.arange(big_t + 1)
+    handles = []
+    for ax, (attribute, title_key, ylabel_key) in zip(axes.flat, panels):
+        for name in SCHEDULES:
+            values = getattr(get_schedule(name, big_t), attribute)
+            first = 1 if attribute == "log_snr" else 0
+            bold = name == current
+            (line,) = ax.plot(
+                steps[first:], values[first:], color=_COLOURS[name],
+                linewidth=3.0 if bold else 1.3, alpha=1.0 if bold else 0.75,
+                zorder=3 if bold else 2, label=labels[f"schedule_{name}"],
+            )
+            if ax is axes.flat[0]:
+                handles.append(line)
+        ax.axvline(t, color="0.3", linewidth=1.0, linestyle="--", zorder=1)
+        value = getattr(current_schedule, attribute)[t]
+        if np.isfinite(value):
+            ax.plot([t], [value], "o", color=_COLOURS[current], markersize=8,
+                    markeredgecolor="black", zorder=4)
+        ax.set_title(labels[title_key], fontsize=FONT_SIZE)
+        ax.set_ylabel(labels[ylabel_key], fontsize=FONT_SIZE - 1)
+        ax.tick_params(labelsize=FONT_SIZE - 1)
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0, big_t)
+    for ax in axes[1]:
+        ax.set_xlabel(labels["xlabel_t"], fontsize=FONT_SIZE)
+    fig.suptitle(
+        labels["schedules_title"].format(T=big_t, t=t, current=labels[f"schedule_{current}"]),
+        fontsize=FONT_SIZE + 1,
+    )
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=FONT_SIZE,
+               frameon=False)
+    return fig
+
+
+def plot_histogram(
+    x_t: np.ndarray, x0: np.ndarray, t: int, text: Mapping[str, str] | None = None
+) -> Figure:
+    """Histogram of the x_t pixel values against the N(0, 1) density.
+
+    As t grows, q(x_t | x_0) (DDPM eq. 4) pulls the pixel distribution from that
+    of the clean image, drawn faintly, towards a standard normal.
+
+    Args:
+        x_t: Noisy image, float, on the ``[-1, 1]`` pixel scale.
+        x0: Clean image, same scale.
+        t: The timestep of ``x_t`` (used in the title only).
+        text: Translations for keys of :data:`NOISING_TEXT`.
+
+    Returns:
+        A one-panel figure.
+    """
+    labels = merged_text(NOISING_TEXT, text)
+    noisy = np.asarray(x_t, dtype=np.float64).ravel()
+    clean = np.asarray(x0, dtype=np.float64).ravel()
+    noisy = noisy[np.isfinite(noisy)]
+    clean = clean[np.isfinite(clean)]
+    # Bins centred on -1, 0 and 1, where a clean image's extreme levels pile up.
+    width = 1.0 / 12.0
+    edges = np.arange(-_HIST_RANGE - width / 2, _HIST_RANGE + width, width)
+    fig = new_figure(6.4, 4.4)
+    ax = fig.subplots()
+    # Rounded before formatting, and + 0.0 turns -0.0 into 0.0, so no "-0.00" is shown.
+    mean = round(float(noisy.mean()), 2) + 0.0 if noisy.size else 0.0
+    std = round(float(noisy.std()), 2) + 0.0 if noisy.size else 0.0
+    counts, _, _ = ax.hist(noisy, bins=edges, density=True, histtype="stepfilled", color="#1f77b4",
+                           alpha=0.6, label=labels["hist_xt"].format(mean=mean, std=std))
+    # Drawn as an outline on top, so it stays visible at t = 0 where x_t = x_0.
+    ax.hist(clean, bins=edges, density=True, histtype="step", color="0.45", linewidth=1.2,
+            label=labels["hist_x0"])
+    grid = np.linspace(-_HIST_RANGE, _HIST_RANGE, 400)
+    ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="black", linewidth=2.0,
+            label=labels["hist_normal"])
+    # A clean image's few pixel levels make tall spikes; the x_t bars set the scale.
+    top = max(0.5, float(counts.max()) if counts.size else 0.0)
+    ax.set_ylim(0, top * 1.1)
+    ax.set_xlim(-_HIST_RANGE, _HIST_RANGE)
+    ax.set_title(labels["hist_title"].format(t=int(t)), fontsize=FONT_SIZE + 1)
+    ax.set_xlabel(labels["hist_xlabel"], fontsize=FONT_SIZE)
+    ax.set_ylabel(labels["hist_ylabel"], fontsize=FONT_SIZE)
+    ax.tick_params(labelsize=FONT_SIZE)
+    ax.grid(alpha=0.3)
+    # Outside the axes: inside, it would hide the bars wherever the image's values lie.
+    fig.legend(loc="outside lower center", ncols=2, fontsize=FONT_SIZE - 1, frameon=False)
+    return fig

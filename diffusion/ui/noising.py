@@ -1,0 +1,246 @@
+"""Lesson 2 tab: DDPM forward noising of an image, t by t, with the schedule curves."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from diffusion import images, noising, noising_plots
+from diffusion.errors import check_range
+from diffusion.examples import list_examples
+from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input
+
+DEFAULT_T = 250
+STRIP_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+STRINGS = {
+    "en": {
+        "noising.tab": "2 · Forward noising",
+        "noising.intro": (
+            "## Forward noising: shrink, then add Gaussian noise\n"
+            "A diffusion model is trained on images that are destroyed step by step (DDPM, Ho et al. 2020, eq. 2):\n\n"
+            "$$q(x_t \\mid x_{t-1}) = \\mathcal{N}\\big(\\sqrt{1-\\beta_t}\\,x_{t-1},\\ \\beta_t I\\big)$$\n\n"
+            "Because Gaussians compose, any $t$ can be reached in one jump (eq. 4), with "
+            "$\\bar\\alpha_t = \\prod_{s=1}^{t}(1-\\beta_s)$:\n\n"
+            "$$x_t = \\sqrt{\\bar\\alpha_t}\\,x_0 + \\sqrt{1-\\bar\\alpha_t}\\,\\varepsilon, \\qquad \\varepsilon \\sim \\mathcal{N}(0, I)$$\n\n"
+            "Pixel values are scaled to $[-1, 1]$. As $t \\to T$, $\\bar\\alpha_t \\to 0$ and $x_t$ becomes pure noise "
+            "$\\mathcal{N}(0, I)$. The signal-to-noise ratio is $\\mathrm{SNR}(t) = \\bar\\alpha_t / (1-\\bar\\alpha_t)$."
+        ),
+        "noising.image": "Image x₀",
+        "noising.examples": "Examples",
+        "param.schedule": "Noise schedule",
+        "param.num_train_timesteps": "Number of timesteps T",
+        "param.t": "Timestep t",
+        "noising.seed": "Seed for the noise ε",
+        "noising.schedule.linear": "Linear (DDPM)",
+        "noising.schedule.cosine": "Cosine (improved DDPM)",
+        "noising.schedule.scaled_linear": "Scaled linear (Stable Diffusion)",
+        "noising.schedule.sigmoid": "Sigmoid",
+        "noising.closed": "x_t in one jump (eq. 4)",
+        "noising.noise": "The noise ε",
+        "noising.stepwise": "x_t after t small steps (eq. 2)",
+        "noising.why": (
+            "**Why do the two $x_t$ images differ?** The one-jump image uses a single noise draw $\\varepsilon$; the "
+            "step-by-step image adds $t$ separate small noises. Both are exact samples of the same distribution "
+            "$\\mathcal{N}(\\sqrt{\\bar\\alpha_t}x_0, (1-\\bar\\alpha_t)I)$, so their statistics match (see the "
+            "summary's mean and std), but not their individual pixels."
+        ),
+        "noising.strip": "x_t along the way",
+        "noising.strip_caption": "t = {t}",
+        "noising.schedules": "Schedules compared",
+        "noising.histogram": "Pixel values approach N(0, 1)",
+        "noising.summary": "Summary (JSON)",
+        "noising.run": "Update",
+        "noising.gif": "Export as GIF",
+        "noising.gif_file": "Animated GIF",
+        "noising.resized": "ℹ️ The image was reduced from {w0}×{h0} to {w}×{h} pixels to keep this lesson fast.",
+        "error.image_missing": "Please upload an image or pick an example.",
+        "error.image_unreadable": "This file could not be read as an image. Please upload a PNG, JPEG, GIF, BMP, TIFF or WebP picture.",
+        "error.image_too_large": "This image is too large ({pixels} pixels; at most {limit}). Please upload a smaller picture.",
+        "error.image_too_small": "This image is too small ({w}×{h}); it needs at least {min} pixels on each side.",
+        "error.t_range": "The timestep t must be between 0 and T = {T} (got {t}).",
+    },
+    "zh-CN": {
+        "noising.tab": "2 · 前向加噪",
+        "noising.intro": (
+            "## 前向加噪：先缩小，再加高斯噪声\n"
+            "扩散模型的训练数据是被一步步破坏的图像（DDPM，Ho 等，2020，式 2）：\n\n"
+            "$$q(x_t \\mid x_{t-1}) = \\mathcal{N}\\big(\\sqrt{1-\\beta_t}\\,x_{t-1},\\ \\beta_t I\\big)$$\n\n"
+            "由于高斯分布可以相互组合，任意 $t$ 都可以一步到达（式 4），其中 "
+            "$\\bar\\alpha_t = \\prod_{s=1}^{t}(1-\\beta_s)$：\n\n"
+            "$$x_t = \\sqrt{\\bar\\alpha_t}\\,x_0 + \\sqrt{1-\\bar\\alpha_t}\\,\\varepsilon, \\qquad \\varepsilon \\sim \\mathcal{N}(0, I)$$\n\n"
+            "像素值缩放到 $[-1, 1]$。当 $t \\to T$ 时，$\\bar\\alpha_t \\to 0$，$x_t$ 变成纯噪声 $\\mathcal{N}(0, I)$。"
+            "信噪比为 $\\mathrm{SNR}(t) = \\bar\\alpha_t / (1-\\bar\\alpha_t)$。"
+        ),
+        "noising.image": "图像 x₀",
+        "noising.examples": "示例",
+        "param.schedule": "噪声调度",
+        "param.num_train_timesteps": "时间步总数 T",
+        "param.t": "时间步 t",
+        "noising.seed": "噪声 ε 的随机种子",
+        "noising.schedule.linear": "线性（DDPM）",
+        "noising.schedule.cosine": "余弦（改进的 DDPM）",
+        "noising.schedule.scaled_linear": "缩放线性（Stable Diffusion）",
+        "noising.schedule.sigmoid": "Sigmoid",
+        "noising.closed": "一步到达的 x_t（式 4）",
+        "noising.noise": "噪声 ε",
+        "noising.stepwise": "逐步加噪 t 次后的 x_t（式 2）",
+        "noising.why": (
+            "**为什么两张 $x_t$ 图像不一样？** 一步到达的图像只用了一次噪声采样 $\\varepsilon$；逐步加噪的图像则叠加了 "
+            "$t$ 次独立的小噪声。两者都是同一分布 $\\mathcal{N}(\\sqrt{\\bar\\alpha_t}x_0, (1-\\bar\\alpha_t)I)$ 的精确样本，"
+            "所以统计量一致（见摘要中的均值和标准差），但每个像素并不相同。"
+        ),
+        "noising.strip": "加噪过程中的 x_t",
+        "noising.strip_caption": "t = {t}",
+        "noising.schedules": "各种调度的比较",
+        "noising.histogram": "像素值逐渐趋近 N(0, 1)",
+        "noising.summary": "结果摘要（JSON）",
+        "noising.run": "更新",
+        "noising.gif": "导出为 GIF",
+        "noising.gif_file": "GIF 动画",
+        "noising.resized": "ℹ️ 为了保证速度，图像已从 {w0}×{h0} 缩小到 {w}×{h} 像素。",
+        "error.image_missing": "请上传一张图像，或选择一个示例。",
+        "error.image_unreadable": "无法把这个文件读取为图像。请上传 PNG、JPEG、GIF、BMP、TIFF 或 WebP 图片。",
+        "error.image_too_large": "图像太大（{pixels} 像素，上限 {limit}）。请上传小一些的图片。",
+        "error.image_too_small": "图像太小（{w}×{h}）；每边至少需要 {min} 个像素。",
+        "error.t_range": "时间步 t 必须在 0 到 T = {T} 之间（当前为 {t}）。",
+    },
+}
+
+
+class _Cache:
+    """A small thread-safe LRU: decoded images and step-by-step chains, bounded in count."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key, make):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+# Each chain holds at most T/50 checkpoints of one ≤256×256 image (≤ 16 MB at T = 1000).
+_IMAGES = _Cache(capacity=32)
+_CHAINS = _Cache(capacity=12)
+
+
+def _load(path: str | None) -> tuple[str, np.ndarray, dict]:
+    if not path:
+        images.load_image(None)  # raises the translated "image_missing" error
+    stat = os.stat(path)
+    key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    x0, info = _IMAGES.get_or_make(key, lambda: images.load_image(path, max_side=256))
+    return key, x0, info
+
+
+def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
+    """Build the forward-noising tab and wire its events (it also runs once on page load)."""
+    examples = [str(p) for p in list_examples()]
+    t_lo, t_hi = noising.LIMITS["num_train_timesteps"]
+    gr.Markdown(tr("noising.intro"), latex_delimiters=LATEX)
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            image = gr.Image(value=examples[0] if examples else None, type="filepath", label=tr("noising.image"),
+                             sources=["upload", "clipboard"], height=260, elem_id="noise-image")
+            gr.Examples(examples=[[p] for p in examples], inputs=[image], label=tr("noising.examples"))
+            schedule = gr.Dropdown([(tr(f"noising.schedule.{s}"), s) for s in noising.SCHEDULES], value="linear",
+                                   label=tr("param.schedule"), elem_id="noise-schedule")
+            steps = gr.Slider(t_lo, t_hi, value=1000, step=10, label=tr("param.num_train_timesteps"),
+                              elem_id="noise-T")
+            t = gr.Slider(0, 1000, value=DEFAULT_T, step=1, label=tr("param.t"), elem_id="noise-t")
+            seed = gr.Number(0, precision=0, label=tr("noising.seed"), elem_id="noise-seed")
+            run = gr.Button(tr("noising.run"), variant="primary", elem_id="noise-run")
+            gif_btn = gr.Button(tr("noising.gif"), elem_id="noise-gif-btn")
+            gif_file = gr.File(label=tr("noising.gif_file"), elem_id="noise-gif")
+        with gr.Column(scale=2):
+            notice = gr.Markdown(elem_id="noise-notice")
+            with gr.Row():
+                closed = gr.Image(label=tr("noising.closed"), format="png", height=240, elem_id="noise-xt")
+                eps = gr.Image(label=tr("noising.noise"), format="png", height=240, elem_id="noise-eps")
+                stepwise = gr.Image(label=tr("noising.stepwise"), format="png", height=240, elem_id="noise-stepwise")
+            gr.Markdown(tr("noising.why"), latex_delimiters=LATEX)
+            strip = gr.Gallery(label=tr("noising.strip"), columns=len(STRIP_FRACTIONS), height=200,
+                               format="png", elem_id="noise-strip")
+            with gr.Row():
+                curves = gr.Plot(label=tr("noising.schedules"), format="png", elem_id="noise-curves")
+                hist = gr.Plot(label=tr("noising.histogram"), format="png", elem_id="noise-hist")
+            summary = gr.JSON(label=tr("noising.summary"), elem_id="noise-summary")
+    lang = lang_input()
+
+    @guarded(tr)
+    def forward(image, schedule, num_train_timesteps, t, seed, lang):
+        key, x0, info = _load(image)
+        sched = noising.get_schedule(schedule, num_train_timesteps)  # validates schedule and T
+        T = sched.num_train_timesteps
+        if not isinstance(t, (int, float)) or not 0 <= t <= T or t != int(t):
+            raise gr.Error(tr.text("error.t_range", lang, T=T, t=t))
+        seed = check_range("seed", seed, *noising.LIMITS["seed"], integer=True)
+        chain = _CHAINS.get_or_make((key, schedule, T, seed),
+                                    lambda: noising.StepwiseChain(_as_tensor(x0), sched, seed))
+        result = noising.forward_noise(x0, schedule, T, int(t), seed, chain=chain)
+        ts = sorted({round(f * T) for f in STRIP_FRACTIONS})
+        frames = noising.noise_strip(x0, schedule, T, seed, ts)
+        text = tr.table("noising.plot.", lang)
+        gallery = [(noising.to_display(f), tr.text("noising.strip_caption", lang, t=s)) for f, s in zip(frames, ts)]
+        w0, h0 = info["original_size"]
+        w, h = info["size"]
+        note = tr.text("noising.resized", lang, w0=w0, h0=h0, w=w, h=h) if info["resized"] else ""
+        return (
+            note,
+            noising.to_display(result.x_t),
+            noising.to_display(result.noise, lo=-3.0, hi=3.0),
+            noising.to_display(result.x_t_stepwise),
+            gallery,
+            noising_plots.plot_schedules(schedule, T, int(t), text),
+            noising_plots.plot_histogram(result.x_t, result.x0, int(t), text),
+            result.summary(),
+        )
+
+    @guarded(tr)
+    def export(image, schedule, num_train_timesteps, seed, lang):
+        _, x0, _ = _load(image)
+        sched = noising.get_schedule(schedule, num_train_timesteps)
+        out = Path(tempfile.mkdtemp(prefix="dl-gif-")) / f"forward_noising_{schedule}.gif"
+        return str(noising.export_gif(x0, schedule, sched.num_train_timesteps, check_range("seed", seed, *noising.LIMITS["seed"], integer=True), out))
+
+    def rescale_t(num_steps, t):
+        num_steps = int(num_steps) if isinstance(num_steps, (int, float)) else 1000
+        return gr.update(maximum=num_steps, value=min(int(t), num_steps) if isinstance(t, (int, float)) else 0)
+
+    inputs = [image, schedule, steps, t, seed, lang]
+    outputs = [notice, closed, eps, stepwise, strip, curves, hist, summary]
+    event = dict(fn=forward, inputs=inputs, outputs=outputs, js=LANG_JS, concurrency_id="light")
+    run.click(**event, api_name="forward_noise")
+    # Live updates skip quietly while the image box is empty (e.g. just cleared).
+    live = dict(event, fn=lambda image, *rest: forward(image, *rest) if image else [gr.skip()] * len(outputs))
+    gr.on([t.input, schedule.change, seed.submit, image.change], **live,
+          api_visibility="private", trigger_mode="always_last", show_progress="minimal")
+    steps.input(rescale_t, [steps, t], t, api_visibility="private", queue=False).then(
+        **live, api_visibility="private")
+    gif_btn.click(export, [image, schedule, steps, seed, lang], gif_file, js=LANG_JS,
+                  concurrency_id="light", api_name="forward_noise_gif")
+    demo.load(**event, api_visibility="private")
+
+
+def _as_tensor(x0: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x0))

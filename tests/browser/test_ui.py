@@ -1,0 +1,202 @@
+"""Browser tests: headless Chromium uses every tab like a person, in English and Chinese.
+
+Each test fails on any error toast the app did not expect and on uncaught page errors.
+Screenshots land in tests/browser/screenshots/ (or $DL_SCREENSHOT_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from diffusion.examples import list_examples
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("DL_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("DL_SCREENSHOT_DIR", Path(__file__).parent / "screenshots"))
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 60_000
+
+TAB_NAMES = {
+    "en": ["1 · Heat equation", "2 · Forward noising", "3 · Sampling", "4 · Denoising", "5 · Text to image"],
+    "zh-CN": ["1 · 热方程", "2 · 前向加噪", "3 · 采样", "4 · 去噪", "5 · 文生图"],
+}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    required = os.environ.get("DL_REQUIRE_BROWSER") == "1" or os.environ.get("CI") == "true"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            pytest.fail("playwright is not installed but browser tests are required")
+        pytest.skip("playwright is not installed (pip install -r requirements-dev.txt)")
+    if not Path(CHROMIUM).exists():
+        if required:
+            pytest.fail(f"Chromium not found at {CHROMIUM} but browser tests are required")
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+class Session:
+    """One browser tab on the app, recording toasts and page errors as it goes."""
+
+    def __init__(self, browser, url: str, locale: str) -> None:
+        self.context = browser.new_context(locale=locale, viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.locale = locale
+        self.page_errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+        self.page.goto(url)
+        self.page.wait_for_selector("gradio-app")
+        self.page.wait_for_selector("#heat-run")
+
+    def error_toasts(self) -> list[str]:
+        return [t.strip() for t in self.page.locator('[data-testid="toast-body"].error').all_inner_texts()]
+
+    def dismiss_toasts(self) -> None:
+        for button in self.page.locator('[data-testid="toast-close"]').all():
+            button.click()
+
+    def assert_clean(self) -> None:
+        assert self.error_toasts() == [], f"error toast(s) shown: {self.error_toasts()}"
+        assert self.page_errors == [], f"page errors: {self.page_errors}"
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(SHOTS / f"{self.locale}-{name}.png"), full_page=True)
+
+    def open_tab(self, label: str) -> None:
+        self.page.get_by_role("tab", name=label, exact=True).click()
+
+    def json_text(self, elem_id: str) -> str:
+        return self.page.locator(f"#{elem_id}").inner_text()
+
+    def wait_for_json(self, elem_id: str, pattern: str) -> None:
+        self.page.wait_for_function(
+            "([id, pat]) => { const el = document.querySelector('#' + id);"
+            " return el && new RegExp(pat).test(el.innerText); }", arg=[elem_id, pattern], timeout=TIMEOUT_MS)
+
+    def set_slider(self, elem_id: str, value: float) -> None:
+        box = self.page.locator(f"#{elem_id} input[type=number]")
+        box.fill(str(value))
+        box.press("Enter")
+
+    def choose(self, elem_id: str, option: str) -> None:
+        self.page.locator(f"#{elem_id} input").click()
+        self.page.get_by_role("option", name=option, exact=True).click()
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture(params=["en", "zh-CN"])
+def session(request, browser, app_server):
+    s = Session(browser, app_server, request.param)
+    yield s
+    s.close()
+
+
+def test_every_tab_opens_in_the_browser_language(session):
+    names = TAB_NAMES[session.locale]
+    session.wait_for_json("heat-summary", r'"r"')  # the heat lesson runs once on load
+    assert session.page.locator("#dl-locale").inner_text().strip() == session.locale
+    session.shot("1-heat")
+    for index, name in enumerate(names[1:], start=2):
+        session.open_tab(name)
+        if index == 2:
+            session.wait_for_json("noise-summary", r'"alpha_bar"')
+        else:
+            notice = "Not available yet" if session.locale == "en" else "暂不可用"
+            session.page.get_by_text(notice).first.wait_for()
+        session.page.wait_for_timeout(300)
+        session.shot(f"{index}-{name.split(' · ')[1].replace(' ', '_')}")
+    session.assert_clean()
+
+
+def test_heat_presets_stability_and_scrubbing(session):
+    page = session.page
+    session.wait_for_json("heat-summary", r'"r"')
+    blew_up = "blew up" if session.locale == "en" else "发散"
+    preset = "FTCS blows up: r = 0.6" if session.locale == "en" else "FTCS 发散：r = 0.6"
+    session.choose("heat-preset", preset)
+    page.locator("#heat-status").get_by_text(re.compile(blew_up)).first.wait_for()
+    session.wait_for_json("heat-summary", r'"stable": false')
+    session.shot("heat-unstable")
+    # Crank–Nicolson with the same r stays bounded.
+    cn = "Crank–Nicolson at the same r = 0.6" if session.locale == "en" else "同样 r = 0.6 的 Crank–Nicolson"
+    session.choose("heat-preset", cn)
+    session.wait_for_json("heat-summary", r'"blew_up": false')
+    # Scrub the time slider: the profile plot is redrawn without a new simulation.
+    before = page.locator("#heat-profile img").get_attribute("src")
+    summary_before = session.json_text("heat-summary")
+    session.set_slider("heat-time", 6)
+    page.wait_for_function(
+        "(old) => { const img = document.querySelector('#heat-profile img'); return img && img.src !== old; }",
+        arg=before)
+    assert session.json_text("heat-summary") == summary_before
+    session.assert_clean()
+
+
+def test_heat_custom_formula_and_helpful_error(session):
+    page = session.page
+    session.wait_for_json("heat-summary", r'"r"')
+    custom = "Custom formula" if session.locale == "en" else "自定义公式"
+    session.choose("heat-ic", custom)
+    box = page.locator("#heat-expr textarea, #heat-expr input").first
+    box.fill("exp(-(x-50)**2/20) + 0.5*sin(x/5)")
+    page.locator("#heat-run").click()
+    session.wait_for_json("heat-summary", r'"runtime_ms"')
+    session.assert_clean()
+    box.fill("exp(-(x-50)**2/20) + y")
+    page.locator("#heat-run").click()
+    page.locator('[data-testid="toast-body"].error').first.wait_for()
+    message = " ".join(session.error_toasts())
+    assert "y" in message and ("Unknown name" in message or "未知" in message)
+    session.dismiss_toasts()
+
+
+def test_noising_slider_examples_and_gif(session):
+    page = session.page
+    session.open_tab(TAB_NAMES[session.locale][1])
+    session.wait_for_json("noise-summary", r'"alpha_bar"')
+    session.set_slider("noise-t", 900)
+    session.wait_for_json("noise-summary", r'"t": 900')
+    # Pick another bundled example by clicking its thumbnail.
+    examples = list_examples()
+    if len(examples) > 1:
+        page.locator(".gallery-item, [data-testid='examples'] button").nth(1).click()
+        page.wait_for_timeout(500)
+    session.choose("noise-schedule", "Cosine (improved DDPM)" if session.locale == "en" else "余弦（改进的 DDPM）")
+    session.wait_for_json("noise-summary", r'"schedule": "cosine"')
+    page.locator("#noise-gif-btn").click()
+    page.locator("#noise-gif a, #noise-gif .file-preview").first.wait_for()
+    session.shot("noising-used")
+    session.assert_clean()
+
+
+def test_language_button_switches_labels_and_server_text(browser, app_server):
+    s = Session(browser, app_server, "en-US")
+    try:
+        s.wait_for_json("heat-summary", r'"r"')
+        s.page.locator("#dl-lang-btn").click()
+        s.page.get_by_role("tab", name="1 · 热方程", exact=True).wait_for()
+        assert s.page.locator("#dl-locale").inner_text().strip() == "zh-CN"
+        s.page.locator("#heat-run").click()
+        s.page.locator("#heat-status").get_by_text(re.compile("毫秒")).first.wait_for()
+        s.page.locator("#dl-lang-btn").click()
+        s.page.get_by_role("tab", name="1 · Heat equation", exact=True).wait_for()
+        s.assert_clean()
+    finally:
+        s.close()

@@ -1,0 +1,43 @@
+"""Shared fixtures: one real app server per test session, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_server():
+    """Launch the real app (as `python app.py` builds it) and yield its URL."""
+    import app
+
+    args = app.parse_args(["--host", "127.0.0.1", "--device", "cpu"])
+    settings = app.settings_from_args(args)
+    demo, tr = app.create_app(settings)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **app.launch_kwargs(settings, tr))
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="session")
+def client(app_server):
+    """A gradio_client connected to the running app, as a user's script would be."""
+    from gradio_client import Client
+
+    return Client(app_server, verbose=False)
