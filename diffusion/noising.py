@@ -250,36 +250,40 @@ class StepwiseChain:
         self.seed = _check_seed(seed)
         requested = int(check_range("checkpoint_every", checkpoint_every, 1, 1000, integer=True))
         self.checkpoint_every = max(requested, math.ceil(schedule.num_train_timesteps / MAX_CHECKPOINTS))
-        start = torch.from_numpy(_check_image(x0).copy())
-        self._checkpoints: dict[int, torch.Tensor] = {0: start}
-        self._last: tuple[int, torch.Tensor] = (0, start)
+        start = _check_image(x0).copy()
+        start.setflags(write=False)
+        self._checkpoints: dict[int, np.ndarray] = {0: start}
+        self._last: tuple[int, np.ndarray] = (0, start)
         # float32 coefficients, as the float32 image is multiplied by them.
-        self._keep = torch.from_numpy(np.sqrt(1.0 - schedule.betas).astype(np.float32))
-        self._add = torch.from_numpy(np.sqrt(schedule.betas).astype(np.float32))
+        self._keep = np.sqrt(1.0 - schedule.betas).astype(np.float32)
+        self._add = np.sqrt(schedule.betas).astype(np.float32)
         self._lock = threading.Lock()
 
     @property
     def x0(self) -> torch.Tensor:
-        """The clean image the chain starts from (do not modify)."""
-        return self._checkpoints[0]
+        """The clean image the chain starts from, as a new tensor."""
+        return torch.from_numpy(self._checkpoints[0].copy())
 
     def matches(self, x0: Any, schedule: NoiseSchedule, seed: int) -> bool:
         """Whether this chain was built for the same image, schedule and seed."""
-        start = self._checkpoints[0]
         if schedule.name != self.schedule.name or schedule.num_train_timesteps != self.schedule.num_train_timesteps:
             return False
         if int(seed) != self.seed:
             return False
-        other = torch.as_tensor(np.asarray(x0, dtype=np.float32))
-        return other.shape == start.shape and torch.equal(other, start)
+        other = np.asarray(x0, dtype=np.float32)
+        return bool(np.array_equal(other, self._checkpoints[0]))
 
-    def _step_(self, x: torch.Tensor, s: int, noise: torch.Tensor) -> None:
+    def _step_(self, x: np.ndarray, s: int, noise: np.ndarray) -> None:
         """Advance ``x`` from step s-1 to step s in place (eq. 2)."""
         # SeedSequence mixes (seed, s) into a well-spread 64-bit seed, so streams
         # of neighbouring seeds and steps do not overlap.
         state = np.random.SeedSequence((self.seed, s)).generate_state(1, np.uint64)[0]
-        torch.randn(x.shape, generator=torch.Generator().manual_seed(int(state)), out=noise)
-        x.mul_(self._keep[s]).add_(noise, alpha=float(self._add[s]))
+        torch.randn(x.shape, generator=torch.Generator().manual_seed(int(state)), out=torch.from_numpy(noise))
+        # numpy's single-threaded loops, not torch's: on a busy 2-core machine the
+        # intra-op thread pool stalled now and then, making a 50-step move take ~1 s.
+        np.multiply(x, self._keep[s], out=x)
+        np.multiply(noise, self._add[s], out=noise)
+        np.add(x, noise, out=x)
 
     def x_at(self, t: int) -> torch.Tensor:
         """x_t after t applications of eq. 2 (t = 0 is the clean image).
@@ -301,17 +305,18 @@ class StepwiseChain:
             if start_s < self._last[0] <= t:
                 start_s, start = self._last
             if start_s == t:
-                return start.clone()
+                return torch.from_numpy(start.copy())
             # Two buffers per query, updated in place: allocating fresh image-sized
-            # tensors at every step made some slider moves many times slower.
-            x = start.clone()
-            noise = torch.empty_like(x)
+            # arrays at every step is slow where page faults are expensive.
+            x = start.copy()
+            noise = np.empty_like(x)
             for s in range(start_s + 1, t + 1):
                 self._step_(x, s, noise)
                 if s % k == 0 and s not in self._checkpoints:
-                    self._checkpoints[s] = x.clone()
+                    self._checkpoints[s] = x.copy()
+            x.setflags(write=False)
             self._last = (t, x)
-            return x.clone()
+            return torch.from_numpy(x.copy())
 
 
 @dataclass

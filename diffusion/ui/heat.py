@@ -120,9 +120,9 @@ STRINGS = {
         "heat.r_unstable": "$r = D\\,\\Delta t/\\Delta x^2 = {r:.4g} > 1/2$: **FTCS will blow up.** Try Crank–Nicolson, more time steps, or fewer grid points.",
         "heat.r_other": "$r = D\\,\\Delta t/\\Delta x^2 = {r:.4g}$. {scheme} is stable for every $r$.",
         "heat.r_invalid": "Enter valid settings to see $r$.",
-        "heat.warn_blowup": "⚠️ **FTCS blew up at t = {t:.4g}.** Here $r = {r:.3g} > 1/2$: each step multiplies the fastest-wiggling mode by $|1 - 4r| = {g:.2f} > 1$, so round-off grows exponentially. The run was stopped before the numbers overflowed. Crank–Nicolson stays bounded at the same $r$.",
-        "heat.warn_unstable": "⚠️ $r = {r:.3g} > 1/2$: FTCS is unstable with these settings. Wiggles grow step by step; with more steps it blows up.",
-        "heat.ok": "✅ $r = {r:.3g}$ · max error vs exact {err:.2e} · mass {m0:.4g} → {m1:.4g} · {ms:.0f} ms",
+        "heat.warn_blowup": "⚠ **FTCS blew up at t = {t:.4g}.** Here $r = {r:.3g} > 1/2$: each step multiplies the fastest-wiggling mode by $|1 - 4r| = {g:.2f} > 1$, so round-off grows exponentially. The run was stopped before the numbers overflowed. Crank–Nicolson stays bounded at the same $r$.",
+        "heat.warn_unstable": "⚠ $r = {r:.3g} > 1/2$: FTCS is unstable with these settings. Wiggles grow step by step; with more steps it blows up.",
+        "heat.ok": "✓ $r = {r:.3g}$ · max error vs exact {err:.2e} · mass {m0:.4g} → {m1:.4g} · {ms:.0f} ms",
         "heat.heatmap": "Temperature over space and time",
         "heat.profile": "Profile u(x, t)",
         "heat.time": "Time t (drag to scrub; no recomputation)",
@@ -207,9 +207,9 @@ STRINGS = {
         "heat.r_unstable": "$r = D\\,\\Delta t/\\Delta x^2 = {r:.4g} > 1/2$：**FTCS 将会发散。** 可以改用 Crank–Nicolson、增加时间步数或减少网格点数。",
         "heat.r_other": "$r = D\\,\\Delta t/\\Delta x^2 = {r:.4g}$。{scheme} 对任意 $r$ 都稳定。",
         "heat.r_invalid": "请输入有效的参数以查看 $r$。",
-        "heat.warn_blowup": "⚠️ **FTCS 在 t = {t:.4g} 时发散。** 这里 $r = {r:.3g} > 1/2$：每一步都把振荡最快的模态放大 $|1 - 4r| = {g:.2f} > 1$ 倍，舍入误差因此指数增长。程序在数值溢出前停止了计算。同样的 $r$ 下 Crank–Nicolson 保持有界。",
-        "heat.warn_unstable": "⚠️ $r = {r:.3g} > 1/2$：在这些参数下 FTCS 不稳定。振荡会一步步增长；步数再多就会发散。",
-        "heat.ok": "✅ $r = {r:.3g}$ · 与精确解的最大误差 {err:.2e} · 总量 {m0:.4g} → {m1:.4g} · {ms:.0f} 毫秒",
+        "heat.warn_blowup": "⚠ **FTCS 在 t = {t:.4g} 时发散。** 这里 $r = {r:.3g} > 1/2$：每一步都把振荡最快的模态放大 $|1 - 4r| = {g:.2f} > 1$ 倍，舍入误差因此指数增长。程序在数值溢出前停止了计算。同样的 $r$ 下 Crank–Nicolson 保持有界。",
+        "heat.warn_unstable": "⚠ $r = {r:.3g} > 1/2$：在这些参数下 FTCS 不稳定。振荡会一步步增长；步数再多就会发散。",
+        "heat.ok": "✓ $r = {r:.3g}$ · 与精确解的最大误差 {err:.2e} · 总量 {m0:.4g} → {m1:.4g} · {ms:.0f} 毫秒",
         "heat.heatmap": "温度随空间和时间的变化",
         "heat.profile": "剖面 u(x, t)",
         "heat.time": "时间 t（拖动即可回看，无需重新计算）",
@@ -272,16 +272,16 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             run = gr.Button(tr("heat.run"), variant="primary", elem_id="heat-run")
         with gr.Column(scale=2):
             status = gr.Markdown(latex_delimiters=LATEX, elem_id="heat-status")
-            heatmap = gr.Plot(label=tr("heat.heatmap"), format="png", elem_id="heat-heatmap")
-            profile = gr.Plot(label=tr("heat.profile"), format="png", elem_id="heat-profile")
+            heatmap = gr.Plot(label=tr("heat.heatmap"), format="png", show_label=False, elem_id="heat-heatmap")
+            profile = gr.Plot(label=tr("heat.profile"), format="png", show_label=False, elem_id="heat-profile")
             time = gr.Slider(0, DEFAULTS.t_end, value=DEFAULTS.t_end, label=tr("heat.time"), elem_id="heat-time")
             with gr.Row():
-                error = gr.Plot(label=tr("heat.error"), format="png", elem_id="heat-error")
-                mass = gr.Plot(label=tr("heat.mass"), format="png", elem_id="heat-mass")
+                error = gr.Plot(label=tr("heat.error"), format="png", show_label=False, elem_id="heat-error")
+                mass = gr.Plot(label=tr("heat.mass"), format="png", show_label=False, elem_id="heat-mass")
             summary = gr.JSON(label=tr("heat.summary"), elem_id="heat-summary")
     with gr.Accordion(tr("heat.bridge"), open=False, elem_id="heat-bridge"):
         gr.Markdown(tr("heat.bridge_text"), latex_delimiters=LATEX)
-        kernel = gr.Plot(label=tr("heat.kernel"), format="png", elem_id="heat-kernel")
+        kernel = gr.Plot(label=tr("heat.kernel"), format="png", show_label=False, elem_id="heat-kernel")
     lang = lang_input()
     state = gr.State(None)
     inputs = [ic, expr, d, length, n, t_end, m, scheme, bc, k, seed]
@@ -351,6 +351,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     time.input(scrub, [state, time, lang], profile, js=LANG_JS, api_visibility="private",
                concurrency_id="light", trigger_mode="always_last", show_progress="hidden")
     demo.load(**run_event, api_visibility="private")
+    demo.load(show_r, r_inputs, stability, js=LANG_JS, api_visibility="private", queue=False)
 
 
 def _last_finite_frame(result: heat.HeatResult) -> int:

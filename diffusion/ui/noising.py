@@ -60,7 +60,7 @@ STRINGS = {
         "noising.run": "Update",
         "noising.gif": "Export as GIF",
         "noising.gif_file": "Animated GIF",
-        "noising.resized": "ℹ️ The image was reduced from {w0}×{h0} to {w}×{h} pixels to keep this lesson fast.",
+        "noising.resized": "The image was reduced from {w0}×{h0} to {w}×{h} pixels to keep this lesson fast.",
         "error.image_missing": "Please upload an image or pick an example.",
         "error.image_unreadable": "This file could not be read as an image. Please upload a PNG, JPEG, GIF, BMP, TIFF or WebP picture.",
         "error.image_too_large": "This image is too large ({pixels} pixels; at most {limit}). Please upload a smaller picture.",
@@ -105,7 +105,7 @@ STRINGS = {
         "noising.run": "更新",
         "noising.gif": "导出为 GIF",
         "noising.gif_file": "GIF 动画",
-        "noising.resized": "ℹ️ 为了保证速度，图像已从 {w0}×{h0} 缩小到 {w}×{h} 像素。",
+        "noising.resized": "为了保证速度，图像已从 {w0}×{h0} 缩小到 {w}×{h} 像素。",
         "error.image_missing": "请上传一张图像，或选择一个示例。",
         "error.image_unreadable": "无法把这个文件读取为图像。请上传 PNG、JPEG、GIF、BMP、TIFF 或 WebP 图片。",
         "error.image_too_large": "图像太大（{pixels} 像素，上限 {limit}）。请上传小一些的图片。",
@@ -180,8 +180,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             strip = gr.Gallery(label=tr("noising.strip"), columns=len(STRIP_FRACTIONS), height=200,
                                format="png", elem_id="noise-strip")
             with gr.Row():
-                curves = gr.Plot(label=tr("noising.schedules"), format="png", elem_id="noise-curves")
-                hist = gr.Plot(label=tr("noising.histogram"), format="png", elem_id="noise-hist")
+                curves = gr.Plot(label=tr("noising.schedules"), format="png", show_label=False, elem_id="noise-curves")
+                hist = gr.Plot(label=tr("noising.histogram"), format="png", show_label=False, elem_id="noise-hist")
             summary = gr.JSON(label=tr("noising.summary"), elem_id="noise-summary")
     lang = lang_input()
 
