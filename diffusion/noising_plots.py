@@ -1,13 +1,14 @@
 """Figures for lesson 2: how the noise schedules compare, and where the pixels go.
 
 Every visible string comes from :data:`NOISING_TEXT`; a user interface passes
-translations for the same keys through ``text=`` (``str.format`` fields such as
-``{t}`` must be kept).
+translations for the same keys through ``text=``. Every string is a
+``str.format`` template: fields such as ``{t}`` must be kept, and literal
+braces (for example in matplotlib mathtext) are written doubled, ``{{ }}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -19,8 +20,8 @@ from diffusion.noising import SCHEDULES, get_schedule
 NOISING_TEXT: dict[str, str] = {
     "schedules_title": "Noise schedules with T = {T} (current: {current}, t = {t})",
     "panel_alpha_bar": r"$\bar\alpha_t$: share of signal variance",
-    "panel_sqrt_alpha_bar": r"$\sqrt{\bar\alpha_t}$: signal coefficient",
-    "panel_sqrt_one_minus_alpha_bar": r"$\sqrt{1-\bar\alpha_t}$: noise coefficient",
+    "panel_sqrt_alpha_bar": r"$\sqrt{{\bar\alpha_t}}$: signal coefficient",
+    "panel_sqrt_one_minus_alpha_bar": r"$\sqrt{{1-\bar\alpha_t}}$: noise coefficient",
     "panel_log_snr": r"log-SNR $= \ln(\bar\alpha_t / (1-\bar\alpha_t))$",
     "xlabel_t": "timestep t",
     "ylabel_dimensionless": "(dimensionless)",
@@ -41,6 +42,11 @@ FONT_SIZE = 11
 _COLOURS = {"linear": "#1f77b4", "cosine": "#d62728", "scaled_linear": "#2ca02c", "sigmoid": "#9467bd"}
 # Values shown on the histogram's x axis: N(0, 1) has 99.99% of its mass within ±4.
 _HIST_RANGE = 4.0
+
+
+def _labels(text: Mapping[str, str] | None) -> dict[str, Callable[..., str]]:
+    """Merged strings as functions that fill in their fields (and un-double braces)."""
+    return {key: template.format for key, template in merged_text(NOISING_TEXT, text).items()}
 
 
 def plot_schedules(
@@ -64,7 +70,7 @@ def plot_schedules(
     Raises:
         InputError: For an unknown schedule or T, t out of range.
     """
-    labels = merged_text(NOISING_TEXT, text)
+    labels = _labels(text)
     current_schedule = get_schedule(current, num_train_timesteps)
     big_t = current_schedule.num_train_timesteps
     t = int(check_range("t", t, 0, big_t, integer=True))
@@ -86,7 +92,7 @@ def plot_schedules(
             (line,) = ax.plot(
                 steps[first:], values[first:], color=_COLOURS[name],
                 linewidth=3.0 if bold else 1.3, alpha=1.0 if bold else 0.75,
-                zorder=3 if bold else 2, label=labels[f"schedule_{name}"],
+                zorder=3 if bold else 2, label=labels[f"schedule_{name}"](),
             )
             if ax is axes.flat[0]:
                 handles.append(line)
@@ -95,17 +101,15 @@ def plot_schedules(
         if np.isfinite(value):
             ax.plot([t], [value], "o", color=_COLOURS[current], markersize=8,
                     markeredgecolor="black", zorder=4)
-        ax.set_title(labels[title_key], fontsize=FONT_SIZE)
-        ax.set_ylabel(labels[ylabel_key], fontsize=FONT_SIZE - 1)
+        ax.set_title(labels[title_key](), fontsize=FONT_SIZE)
+        ax.set_ylabel(labels[ylabel_key](), fontsize=FONT_SIZE - 1)
         ax.tick_params(labelsize=FONT_SIZE - 1)
         ax.grid(alpha=0.3)
         ax.set_xlim(0, big_t)
     for ax in axes[1]:
-        ax.set_xlabel(labels["xlabel_t"], fontsize=FONT_SIZE)
-    fig.suptitle(
-        labels["schedules_title"].format(T=big_t, t=t, current=labels[f"schedule_{current}"]),
-        fontsize=FONT_SIZE + 1,
-    )
+        ax.set_xlabel(labels["xlabel_t"](), fontsize=FONT_SIZE)
+    fig.suptitle(labels["schedules_title"](T=big_t, t=t, current=labels[f"schedule_{current}"]()),
+                 fontsize=FONT_SIZE + 1)
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=FONT_SIZE,
                frameon=False)
     return fig
@@ -128,7 +132,7 @@ def plot_histogram(
     Returns:
         A one-panel figure.
     """
-    labels = merged_text(NOISING_TEXT, text)
+    labels = _labels(text)
     noisy = np.asarray(x_t, dtype=np.float64).ravel()
     clean = np.asarray(x0, dtype=np.float64).ravel()
     noisy = noisy[np.isfinite(noisy)]
@@ -142,20 +146,20 @@ def plot_histogram(
     mean = round(float(noisy.mean()), 2) + 0.0 if noisy.size else 0.0
     std = round(float(noisy.std()), 2) + 0.0 if noisy.size else 0.0
     counts, _, _ = ax.hist(noisy, bins=edges, density=True, histtype="stepfilled", color="#1f77b4",
-                           alpha=0.6, label=labels["hist_xt"].format(mean=mean, std=std))
+                           alpha=0.6, label=labels["hist_xt"](mean=mean, std=std))
     # Drawn as an outline on top, so it stays visible at t = 0 where x_t = x_0.
     ax.hist(clean, bins=edges, density=True, histtype="step", color="0.45", linewidth=1.2,
-            label=labels["hist_x0"])
+            label=labels["hist_x0"]())
     grid = np.linspace(-_HIST_RANGE, _HIST_RANGE, 400)
     ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="black", linewidth=2.0,
-            label=labels["hist_normal"])
+            label=labels["hist_normal"]())
     # A clean image's few pixel levels make tall spikes; the x_t bars set the scale.
     top = max(0.5, float(counts.max()) if counts.size else 0.0)
     ax.set_ylim(0, top * 1.1)
     ax.set_xlim(-_HIST_RANGE, _HIST_RANGE)
-    ax.set_title(labels["hist_title"].format(t=int(t)), fontsize=FONT_SIZE + 1)
-    ax.set_xlabel(labels["hist_xlabel"], fontsize=FONT_SIZE)
-    ax.set_ylabel(labels["hist_ylabel"], fontsize=FONT_SIZE)
+    ax.set_title(labels["hist_title"](t=int(t)), fontsize=FONT_SIZE + 1)
+    ax.set_xlabel(labels["hist_xlabel"](), fontsize=FONT_SIZE)
+    ax.set_ylabel(labels["hist_ylabel"](), fontsize=FONT_SIZE)
     ax.tick_params(labelsize=FONT_SIZE)
     ax.grid(alpha=0.3)
     # Outside the axes: inside, it would hide the bars wherever the image's values lie.

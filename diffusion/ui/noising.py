@@ -20,8 +20,32 @@ from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded
 DEFAULT_T = 250
 STRIP_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
+# Plot text: English comes from the plotting module itself, Chinese is written here.
+# Literal braces are doubled because every plot string goes through str.format.
+PLOT_ZH = {
+    "schedules_title": "噪声调度（T = {T}，当前：{current}，t = {t}）",
+    "panel_alpha_bar": "$\\bar\\alpha_t$：信号方差所占比例",
+    "panel_sqrt_alpha_bar": "$\\sqrt{{\\bar\\alpha_t}}$：信号系数",
+    "panel_sqrt_one_minus_alpha_bar": "$\\sqrt{{1-\\bar\\alpha_t}}$：噪声系数",
+    "panel_log_snr": "对数信噪比 $= \\ln(\\bar\\alpha_t / (1-\\bar\\alpha_t))$",
+    "xlabel_t": "时间步 t",
+    "ylabel_dimensionless": "（无量纲）",
+    "ylabel_log_snr": "对数信噪比（自然对数）",
+    "schedule_linear": "线性",
+    "schedule_cosine": "余弦",
+    "schedule_scaled_linear": "缩放线性",
+    "schedule_sigmoid": "Sigmoid",
+    "hist_title": "t = {t} 时的像素值",
+    "hist_xt": "$x_t$ 的像素（均值 {mean:.2f}，标准差 {std:.2f}）",
+    "hist_x0": "$x_0$ 的像素（干净图像）",
+    "hist_normal": "N(0, 1) 密度",
+    "hist_xlabel": "像素值（缩放到 [-1, 1]）",
+    "hist_ylabel": "密度",
+}
+
 STRINGS = {
     "en": {
+        **{f"noising.plot.{k}": v for k, v in noising_plots.NOISING_TEXT.items()},
         "noising.tab": "2 · Forward noising",
         "noising.intro": (
             "## Forward noising: shrink, then add Gaussian noise\n"
@@ -63,11 +87,17 @@ STRINGS = {
         "noising.resized": "The image was reduced from {w0}×{h0} to {w}×{h} pixels to keep this lesson fast.",
         "error.image_missing": "Please upload an image or pick an example.",
         "error.image_unreadable": "This file could not be read as an image. Please upload a PNG, JPEG, GIF, BMP, TIFF or WebP picture.",
-        "error.image_too_large": "This image is too large ({pixels} pixels; at most {limit}). Please upload a smaller picture.",
-        "error.image_too_small": "This image is too small ({w}×{h}); it needs at least {min} pixels on each side.",
-        "error.t_range": "The timestep t must be between 0 and T = {T} (got {t}).",
+        "error.image_too_large": "This image is too large (at most {limit} pixels). Please upload a smaller picture.",
+        "error.image_too_small": "This image is too small ({width}×{height}); it needs at least {minimum} pixels on each side.",
+        "error.image_bad_array": "The image data is not a valid picture (empty, wrong shape, or not finite).",
+        "error.too_many_steps": "At most {limit} timesteps can be shown at once.",
+        "param.checkpoint_every": "Checkpoint interval",
+        "param.duration_ms": "Frame duration (ms)",
+        "param.max_side": "Longest side",
+        "param.mode": "Colour mode",
     },
     "zh-CN": {
+        **{f"noising.plot.{k}": v for k, v in PLOT_ZH.items()},
         "noising.tab": "2 · 前向加噪",
         "noising.intro": (
             "## 前向加噪：先缩小，再加高斯噪声\n"
@@ -108,9 +138,14 @@ STRINGS = {
         "noising.resized": "为了保证速度，图像已从 {w0}×{h0} 缩小到 {w}×{h} 像素。",
         "error.image_missing": "请上传一张图像，或选择一个示例。",
         "error.image_unreadable": "无法把这个文件读取为图像。请上传 PNG、JPEG、GIF、BMP、TIFF 或 WebP 图片。",
-        "error.image_too_large": "图像太大（{pixels} 像素，上限 {limit}）。请上传小一些的图片。",
-        "error.image_too_small": "图像太小（{w}×{h}）；每边至少需要 {min} 个像素。",
-        "error.t_range": "时间步 t 必须在 0 到 T = {T} 之间（当前为 {t}）。",
+        "error.image_too_large": "图像太大（上限 {limit} 像素）。请上传小一些的图片。",
+        "error.image_too_small": "图像太小（{width}×{height}）；每边至少需要 {minimum} 个像素。",
+        "error.image_bad_array": "图像数据无效（为空、形状不对或包含非有限值）。",
+        "error.too_many_steps": "一次最多只能显示 {limit} 个时间步。",
+        "param.checkpoint_every": "检查点间隔",
+        "param.duration_ms": "每帧时长（毫秒）",
+        "param.max_side": "最长边",
+        "param.mode": "颜色模式",
     },
 }
 
@@ -190,12 +225,10 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         key, x0, info = _load(image)
         sched = noising.get_schedule(schedule, num_train_timesteps)  # validates schedule and T
         T = sched.num_train_timesteps
-        if not isinstance(t, (int, float)) or not 0 <= t <= T or t != int(t):
-            raise gr.Error(tr.text("error.t_range", lang, T=T, t=t))
         seed = check_range("seed", seed, *noising.LIMITS["seed"], integer=True)
-        chain = _CHAINS.get_or_make((key, schedule, T, seed),
-                                    lambda: noising.StepwiseChain(_as_tensor(x0), sched, seed))
-        result = noising.forward_noise(x0, schedule, T, int(t), seed, chain=chain)
+        t = check_range("t", t, 0, T, integer=True)
+        chain = _CHAINS.get_or_make((key, schedule, T, seed), lambda: noising.StepwiseChain(x0, sched, seed))
+        result = noising.forward_noise(x0, schedule, T, t, seed, chain=chain)
         ts = sorted({round(f * T) for f in STRIP_FRACTIONS})
         frames = noising.noise_strip(x0, schedule, T, seed, ts)
         text = tr.table("noising.plot.", lang)
@@ -209,8 +242,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             noising.to_display(result.noise, lo=-3.0, hi=3.0),
             noising.to_display(result.x_t_stepwise),
             gallery,
-            noising_plots.plot_schedules(schedule, T, int(t), text),
-            noising_plots.plot_histogram(result.x_t, result.x0, int(t), text),
+            noising_plots.plot_schedules(schedule, T, t, text),
+            noising_plots.plot_histogram(result.x_t, result.x0, t, text),
             result.summary(),
         )
 
@@ -238,9 +271,3 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     gif_btn.click(export, [image, schedule, steps, seed, lang], gif_file, js=LANG_JS,
                   concurrency_id="light", api_name="forward_noise_gif")
     demo.load(**event, api_visibility="private")
-
-
-def _as_tensor(x0: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(x0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import string
 
 import numpy as np
 import pytest
@@ -287,5 +288,11 @@ def test_plots_build_figures_with_translated_text():
     hist = plot_histogram(result.x_t, result.x0, 100, text={"hist_ylabel": "密度"})
     assert hist.axes[0].get_ylabel() == "密度"
     assert NOISING_TEXT["hist_xlabel"] == "pixel value (scaled to [-1, 1])"
+    # Every string is a str.format template with only the documented fields.
+    allowed = {"T", "t", "current", "mean", "std"}
+    for key, template in NOISING_TEXT.items():
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        assert fields <= allowed, key
+    assert fig.axes[1].get_title() == r"$\sqrt{\bar\alpha_t}$: signal coefficient"
     with pytest.raises(InputError):
         plot_schedules("cosine", 200, 201)

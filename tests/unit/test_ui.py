@@ -22,8 +22,12 @@ def built():
     return app.create_app(settings)
 
 
-def _fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+def _fields(template: str) -> set[str] | None:
+    """Format fields of a template; None for plain text such as LaTeX with braces."""
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    except ValueError:
+        return None
 
 
 def _core_calls(func_name: str) -> list[tuple[str, ast.Call]]:
