@@ -67,9 +67,7 @@ def merged_text(defaults: Mapping[str, str], text: Mapping[str, str] | None) -> 
     return merged
 
 
-# Matplotlib falls back glyph by glyph through this list (matplotlib >= 3.6).
-matplotlib.rcParams["font.family"] = "sans-serif"
-matplotlib.rcParams["font.sans-serif"] = [
-    "DejaVu Sans", *CJK_FAMILIES, *matplotlib.rcParams["font.sans-serif"]
-]
+# Matplotlib (>= 3.6) falls back glyph by glyph only through families named explicitly
+# in font.family, not through the generic "sans-serif" list, so name them.
+matplotlib.rcParams["font.family"] = font_family()
 matplotlib.rcParams["axes.unicode_minus"] = False

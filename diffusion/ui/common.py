@@ -230,3 +230,22 @@ def unavailable_tab(tr: Translator, prefix: str) -> None:
     """Body of a lesson tab whose model has not landed: explanation plus a plain notice."""
     gr.Markdown(tr(f"{prefix}.intro"), latex_delimiters=LATEX)
     gr.Markdown(tr("unavailable"), elem_classes=["dl-notice"])
+
+
+class ImageInput(gr.Image):
+    """``gr.Image`` that passes an upload's cached file path to the core unopened.
+
+    Gradio's own preprocessing opens the file with Pillow and fails with an
+    untranslated, generic error on non-images. Here the core's loader does all the
+    checks (size before decoding, truncation, modes) and reports them in the user's
+    language. Only files gradio has already moved into its upload cache arrive here;
+    inline ``data:`` URLs are not accepted and are reported as unreadable images.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is None:
+            return None
+        return str(payload.path) if payload.path else "(inline data is not accepted)"

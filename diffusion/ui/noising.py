@@ -15,7 +15,7 @@ import numpy as np
 from diffusion import images, noising, noising_plots
 from diffusion.errors import check_range
 from diffusion.examples import list_examples
-from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input
+from diffusion.ui.common import LANG_JS, LATEX, AppSettings, ImageInput, Translator, guarded, lang_input
 
 DEFAULT_T = 250
 STRIP_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -180,6 +180,8 @@ _CHAINS = _Cache(capacity=12)
 def _load(path: str | None) -> tuple[str, np.ndarray, dict]:
     if not path:
         images.load_image(None)  # raises the translated "image_missing" error
+    if not os.path.isfile(path):
+        images.load_image(path)  # raises "image_unreadable"
     stat = os.stat(path)
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
     x0, info = _IMAGES.get_or_make(key, lambda: images.load_image(path, max_side=256))
@@ -193,7 +195,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     gr.Markdown(tr("noising.intro"), latex_delimiters=LATEX)
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            image = gr.Image(value=examples[0] if examples else None, type="filepath", label=tr("noising.image"),
+            image = ImageInput(value=examples[0] if examples else None, type="filepath", label=tr("noising.image"),
                              sources=["upload", "clipboard"], height=260, elem_id="noise-image")
             gr.Examples(examples=[[p] for p in examples], inputs=[image], label=tr("noising.examples"))
             schedule = gr.Dropdown([(tr(f"noising.schedule.{s}"), s) for s in noising.SCHEDULES], value="linear",

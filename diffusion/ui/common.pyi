@@ -1,0 +1,257 @@
+"""Shared UI plumbing: translations, the language input, error handling, settings.
+
+How language works:
+- Every label goes through ``gr.I18n``, so the browser's language picks English or
+  简体中文 on load, and the header button (or Gradio's own Settings panel) switches it.
+- Plot text and error messages are made on the server, so each event takes a hidden
+  ``lang`` input. In the browser, :data:`LANG_JS` replaces it with the locale that is
+  showing right now (read from a hidden element whose text is itself translated).
+  API callers pass ``lang`` themselves; it defaults to English.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from diffusion.errors import InputError
+from diffusion.figures import cjk_font_available
+
+log = logging.getLogger("diffusion.ui")
+
+LANGS = ("en", "zh-CN")
+
+# Error codes whose ``name`` field is a parameter name, shown translated ("param.<name>").
+PARAMETER_CODES = frozenset({"not_a_number", "not_an_integer", "out_of_range", "bad_choice", "not_text"})
+
+LATEX = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "$", "right": "$", "display": False},
+]
+
+# Runs in the browser before each event: the last input is the hidden ``lang`` box.
+LANG_JS = """(...args) => {
+  const el = document.querySelector('#dl-locale');
+  const code = el ? el.innerText.trim() : 'en';
+  return [...args.slice(0, -1), code];
+}"""
+
+# Switch Gradio's own locale store (the same one its Settings panel uses).
+SWITCH_LANG_JS = """async () => {
+  const el = document.querySelector('#dl-locale');
+  const next = (el && el.innerText.trim().startsWith('zh')) ? 'en' : 'zh-CN';
+  const urls = performance.getEntriesByType('resource').map((e) => e.name)
+    .filter((n) => /\\/assets\\/core-[^/]*\\.js$/.test(n));
+  for (const u of urls) {
+    const m = await import(u);
+    if (m.changeLocale) { m.changeLocale(next); return; }
+  }
+  alert('Use Settings (footer) to change the language. / 请在页脚的“设置”中切换语言。');
+}"""
+
+# Force a language on load when the server was started with --lang en|zh-CN.
+FORCE_LANG_JS = """async () => {
+  const want = '%s';
+  const urls = performance.getEntriesByType('resource').map((e) => e.name)
+    .filter((n) => /\\/assets\\/core-[^/]*\\.js$/.test(n));
+  for (const u of urls) {
+    const m = await import(u);
+    if (m.changeLocale) { m.changeLocale(want); return; }
+  }
+}"""
+
+COMMON_STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "locale_code": "en",
+        "app.title": "Diffusion Lab",
+        "app.tagline": "Where the word *diffusion* comes from, and how diffusion models turn noise into images.",
+        "app.switch_lang": "中文",
+        "app.footer": "Running on **{device}** · PyTorch {torch} · Diffusion Lab {version}",
+        "error.generic": "Something went wrong while computing this. Please try other settings; the server is still running.",
+        "error.not_a_number": "{name} must be a number.",
+        "error.not_an_integer": "{name} must be a whole number.",
+        "error.out_of_range": "{name} must be between {lo} and {hi} (got {value}).",
+        "error.bad_choice": "{name} must be one of: {choices} (got {value}).",
+        "error.busy": "The server is busy. Please try again in a moment.",
+        "unavailable": "**Not available yet.** This lesson's model and tools are still being built; the other tabs work.",
+    },
+    "zh-CN": {
+        "locale_code": "zh-CN",
+        "app.title": "扩散实验室",
+        "app.tagline": "“扩散”一词从何而来，以及扩散模型如何把噪声变成图像。",
+        "app.switch_lang": "English",
+        "app.footer": "运行设备：**{device}** · PyTorch {torch} · 扩散实验室 {version}",
+        "error.generic": "计算时出了点问题。请换一组参数再试；服务器仍在正常运行。",
+        "error.not_a_number": "{name} 必须是一个数。",
+        "error.not_an_integer": "{name} 必须是整数。",
+        "error.out_of_range": "{name} 必须在 {lo} 到 {hi} 之间（当前为 {value}）。",
+        "error.bad_choice": "{name} 必须是以下之一：{choices}（当前为 {value}）。",
+        "error.busy": "服务器正忙，请稍后再试。",
+        "unavailable": "**暂不可用。** 本课的模型和工具仍在开发中；其他标签页可以正常使用。",
+    },
+}
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Server settings chosen on the command line, shared by every tab."""
+
+    device: str = "cpu"
+    device_label: str = "CPU"
+    light_concurrency: int = 8
+    heavy_concurrency: int = 1
+    max_queue: int = 64
+    max_upload_mb: int = 10
+    lang: str = "auto"
+
+
+class Translator:
+    """All UI strings in both languages, for ``gr.I18n`` and for server-side text."""
+
+    def __init__(self, *tables: Mapping[str, Mapping[str, str]]) -> None:
+        self.strings: dict[str, dict[str, str]] = {lang: {} for lang in LANGS}
+        for table in (COMMON_STRINGS, *tables):
+            for lang in LANGS:
+                duplicate = set(self.strings[lang]) & set(table[lang])
+                if duplicate:
+                    raise ValueError(f"duplicate UI string keys: {sorted(duplicate)}")
+                self.strings[lang].update(table[lang])
+        missing = set(self.strings["en"]) ^ set(self.strings["zh-CN"])
+        if missing:
+            raise ValueError(f"UI strings missing in one language: {sorted(missing)}")
+        self._i18n: gr.I18n | None = None
+
+    @property
+    def i18n(self) -> gr.I18n:
+        """The ``gr.I18n`` table given to ``launch``; built on first use."""
+        if self._i18n is None:
+            self._i18n = gr.I18n(**self.strings)
+        return self._i18n
+
+    def fill(self, key: str, **fields: Any) -> None:
+        """Fill ``{fields}`` of ``key`` in every language, before the UI is built."""
+        if self._i18n is not None:
+            raise RuntimeError("fill() must run before the first label is made")
+        for lang in LANGS:
+            self.strings[lang][key] = self.strings[lang][key].format(**fields)
+
+    def __call__(self, key: str) -> Any:
+        """A translatable label for a component (resolved in the browser)."""
+        if key not in self.strings["en"]:
+            raise KeyError(key)
+        return self.i18n(key)
+
+    def text(self, key: str, lang: str | None, **fields: Any) -> str:
+        """The string for ``key`` in ``lang``, formatted with ``fields`` (server side)."""
+        table = self.strings[normalize_lang(lang)]
+        template = table.get(key, self.strings["en"][key])
+        return template.format(**fields) if fields else template
+
+    def table(self, prefix: str, lang: str | None) -> dict[str, str]:
+        """All strings under ``prefix`` with the prefix removed, e.g. plot text."""
+        lang = normalize_lang(lang)
+        if lang != "en" and not cjk_font_available():
+            lang = "en"  # no CJK font on this server: English plot text beats empty boxes
+        return {k[len(prefix):]: v for k, v in self.strings[lang].items() if k.startswith(prefix)}
+
+    def error(self, err: InputError, lang: str | None) -> str:
+        """A translated message for an :class:`InputError`, falling back to English."""
+        key = f"error.{err.code}"
+        if key not in self.strings["en"]:
+            return str(err)
+        params = dict(err.params)
+        if err.code in PARAMETER_CODES and "name" in params:
+            name_key = f"param.{params['name']}"
+            if name_key in self.strings["en"]:
+                params["name"] = self.text(name_key, lang)
+        try:
+            return self.text(key, lang, **params)
+        except (KeyError, IndexError, ValueError):
+            return str(err)
+
+
+def normalize_lang(lang: Any) -> str:
+    """Map any locale string ("zh", "zh-Hans-CN", "en-GB", junk) to ``en`` or ``zh-CN``."""
+    if isinstance(lang, str) and lang.strip().lower().startswith("zh"):
+        return "zh-CN"
+    return "en"
+
+
+def lang_input() -> gr.Textbox:
+    """The hidden ``lang`` input that every event takes last (see :data:`LANG_JS`)."""
+    return gr.Textbox(value="en", visible=False, label="lang", max_length=32)
+
+
+def guarded(tr: Translator) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn core errors into translated ``gr.Error`` messages, never stack traces.
+
+    The wrapped handler must take ``lang`` as its last positional argument. Works for
+    plain functions and generators (streaming events).
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def convert(exc: Exception, lang: Any) -> gr.Error:
+            if isinstance(exc, gr.Error):
+                return exc
+            if isinstance(exc, InputError):
+                return gr.Error(tr.error(exc, lang))
+            log.exception("unexpected error in %s", fn.__name__)
+            return gr.Error(tr.text("error.generic", lang))
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any) -> Any:
+                lang = args[-1] if args else "en"
+                try:
+                    yield from fn(*args)
+                except Exception as exc:  # noqa: BLE001 - the user sees a message, the log the trace
+                    raise convert(exc, lang) from None
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            lang = args[-1] if args else "en"
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001
+                raise convert(exc, lang) from None
+        return wrapper
+
+    return decorate
+
+
+def unavailable_tab(tr: Translator, prefix: str) -> None:
+    """Body of a lesson tab whose model has not landed: explanation plus a plain notice."""
+    gr.Markdown(tr(f"{prefix}.intro"), latex_delimiters=LATEX)
+    gr.Markdown(tr("unavailable"), elem_classes=["dl-notice"])
+
+from gradio.events import Dependency
+
+class ImageInput(gr.Image):
+    """``gr.Image`` that passes an upload's cached file path to the core unopened.
+
+    Gradio's own preprocessing opens the file with Pillow and fails with an
+    untranslated, generic error on non-images. Here the core's loader does all the
+    checks (size before decoding, truncation, modes) and reports them in the user's
+    language. Only files gradio has already moved into its upload cache arrive here;
+    inline ``data:`` URLs are not accepted and are reported as unreadable images.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"
+
+    def preprocess(self, payload: Any) -> str | None:
+        if payload is None:
+            return None
+        return str(payload.path) if payload.path else "(inline data is not accepted)"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
