@@ -22,12 +22,14 @@ STRIP_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 # Plot text: English comes from the plotting module itself, Chinese is written here.
 # Literal braces are doubled because every plot string goes through str.format.
+# No $math$ here: matplotlib's mathtext cannot fall back to a CJK font, so Chinese
+# next to math would turn into empty boxes; Unicode symbols are used instead.
 PLOT_ZH = {
     "schedules_title": "噪声调度（T = {T}，当前：{current}，t = {t}）",
-    "panel_alpha_bar": "$\\bar\\alpha_t$：信号方差所占比例",
-    "panel_sqrt_alpha_bar": "$\\sqrt{{\\bar\\alpha_t}}$：信号系数",
-    "panel_sqrt_one_minus_alpha_bar": "$\\sqrt{{1-\\bar\\alpha_t}}$：噪声系数",
-    "panel_log_snr": "对数信噪比 $= \\ln(\\bar\\alpha_t / (1-\\bar\\alpha_t))$",
+    "panel_alpha_bar": "ᾱₜ：信号方差所占比例",
+    "panel_sqrt_alpha_bar": "√ᾱₜ：信号系数",
+    "panel_sqrt_one_minus_alpha_bar": "√(1 − ᾱₜ)：噪声系数",
+    "panel_log_snr": "对数信噪比 = ln(ᾱₜ / (1 − ᾱₜ))",
     "xlabel_t": "时间步 t",
     "ylabel_dimensionless": "（无量纲）",
     "ylabel_log_snr": "对数信噪比（自然对数）",
@@ -36,8 +38,8 @@ PLOT_ZH = {
     "schedule_scaled_linear": "缩放线性",
     "schedule_sigmoid": "Sigmoid",
     "hist_title": "t = {t} 时的像素值",
-    "hist_xt": "$x_t$ 的像素（均值 {mean:.2f}，标准差 {std:.2f}）",
-    "hist_x0": "$x_0$ 的像素（干净图像）",
+    "hist_xt": "xₜ 的像素（均值 {mean:.2f}，标准差 {std:.2f}）",
+    "hist_x0": "x₀ 的像素（干净图像）",
     "hist_normal": "N(0, 1) 密度",
     "hist_xlabel": "像素值（缩放到 [-1, 1]）",
     "hist_ylabel": "密度",
@@ -174,6 +176,7 @@ class _Cache:
 
 # Each chain holds at most T/50 checkpoints of one ≤256×256 image (≤ 16 MB at T = 1000).
 _IMAGES = _Cache(capacity=32)
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # the server's upload cap is lower; this guards direct calls
 _CHAINS = _Cache(capacity=12)
 
 
@@ -182,8 +185,10 @@ def _load(path: str | None) -> tuple[str, np.ndarray, dict]:
         images.load_image(None)  # raises the translated "image_missing" error
     if not os.path.isfile(path):
         images.load_image(path)  # raises "image_unreadable"
-    stat = os.stat(path)
-    key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    if os.path.getsize(path) > MAX_UPLOAD_BYTES:
+        images.load_image(b"")  # refuse without reading it: "image_unreadable"
+    with open(path, "rb") as fh:  # key by content: the same picture re-sent keeps its cache
+        key = hashlib.sha1(fh.read()).hexdigest()
     x0, info = _IMAGES.get_or_make(key, lambda: images.load_image(path, max_side=256))
     return key, x0, info
 
@@ -222,54 +227,73 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             summary = gr.JSON(label=tr("noising.summary"), elem_id="noise-summary")
     lang = lang_input()
 
-    @guarded(tr)
-    def forward(image, schedule, num_train_timesteps, t, seed, lang):
+    def compute(image, schedule, num_train_timesteps, t, seed):
         key, x0, info = _load(image)
         sched = noising.get_schedule(schedule, num_train_timesteps)  # validates schedule and T
         T = sched.num_train_timesteps
         seed = check_range("seed", seed, *noising.LIMITS["seed"], integer=True)
         t = check_range("t", t, 0, T, integer=True)
         chain = _CHAINS.get_or_make((key, schedule, T, seed), lambda: noising.StepwiseChain(x0, sched, seed))
-        result = noising.forward_noise(x0, schedule, T, t, seed, chain=chain)
+        return noising.forward_noise(x0, schedule, T, t, seed, chain=chain), info
+
+    def pictures(result, info, lang):
+        T, schedule, seed = result.num_train_timesteps, result.schedule, result.seed
         ts = sorted({round(f * T) for f in STRIP_FRACTIONS})
-        frames = noising.noise_strip(x0, schedule, T, seed, ts)
-        text = tr.table("noising.plot.", lang)
+        frames = noising.noise_strip(result.x0, schedule, T, seed, ts)
         gallery = [(noising.to_display(f), tr.text("noising.strip_caption", lang, t=s)) for f, s in zip(frames, ts)]
-        w0, h0 = info["original_size"]
-        w, h = info["size"]
+        (w0, h0), (w, h) = info["original_size"], info["size"]
         note = tr.text("noising.resized", lang, w0=w0, h0=h0, w=w, h=h) if info["resized"] else ""
-        return (
-            note,
-            noising.to_display(result.x_t),
-            noising.to_display(result.noise, lo=-3.0, hi=3.0),
-            noising.to_display(result.x_t_stepwise),
-            gallery,
-            noising_plots.plot_schedules(schedule, T, t, text),
-            noising_plots.plot_histogram(result.x_t, result.x0, t, text),
-            result.summary(),
-        )
+        return (note, noising.to_display(result.x_t), noising.to_display(result.noise, lo=-3.0, hi=3.0),
+                noising.to_display(result.x_t_stepwise), gallery)
+
+    def plots(result, lang):
+        text = tr.table("noising.plot.", lang)
+        return (noising_plots.plot_schedules(result.schedule, result.num_train_timesteps, result.t, text),
+                noising_plots.plot_histogram(result.x_t, result.x0, result.t, text))
+
+    @guarded(tr)
+    def forward(image, schedule, num_train_timesteps, t, seed, lang):
+        result, info = compute(image, schedule, num_train_timesteps, t, seed)
+        return (*pictures(result, info, lang), *plots(result, lang), result.summary())
+
+    # The live path answers a slider move with the images first (tens of ms), then
+    # redraws the two plots (a few hundred ms) in a follow-up event.
+    @guarded(tr)
+    def live_pictures(image, schedule, num_train_timesteps, t, seed, lang):
+        if not image:  # the image box was just cleared: wait quietly for a new one
+            return [gr.skip()] * 6
+        result, info = compute(image, schedule, num_train_timesteps, t, seed)
+        return (*pictures(result, info, lang), result.summary())
+
+    @guarded(tr)
+    def live_plots(image, schedule, num_train_timesteps, t, seed, lang):
+        if not image:
+            return [gr.skip()] * 2
+        return plots(compute(image, schedule, num_train_timesteps, t, seed)[0], lang)
 
     @guarded(tr)
     def export(image, schedule, num_train_timesteps, seed, lang):
         _, x0, _ = _load(image)
         sched = noising.get_schedule(schedule, num_train_timesteps)
+        seed = check_range("seed", seed, *noising.LIMITS["seed"], integer=True)
         out = Path(tempfile.mkdtemp(prefix="dl-gif-")) / f"forward_noising_{schedule}.gif"
-        return str(noising.export_gif(x0, schedule, sched.num_train_timesteps, check_range("seed", seed, *noising.LIMITS["seed"], integer=True), out))
+        return str(noising.export_gif(x0, schedule, sched.num_train_timesteps, seed, out))
 
     def rescale_t(num_steps, t):
         num_steps = int(num_steps) if isinstance(num_steps, (int, float)) else 1000
         return gr.update(maximum=num_steps, value=min(int(t), num_steps) if isinstance(t, (int, float)) else 0)
 
     inputs = [image, schedule, steps, t, seed, lang]
-    outputs = [notice, closed, eps, stepwise, strip, curves, hist, summary]
-    event = dict(fn=forward, inputs=inputs, outputs=outputs, js=LANG_JS, concurrency_id="light")
-    run.click(**event, api_name="forward_noise")
-    # Live updates skip quietly while the image box is empty (e.g. just cleared).
-    live = dict(event, fn=lambda image, *rest: forward(image, *rest) if image else [gr.skip()] * len(outputs))
-    gr.on([t.input, schedule.change, seed.submit, image.change], **live,
-          api_visibility="private", trigger_mode="always_last", show_progress="minimal")
-    steps.input(rescale_t, [steps, t], t, api_visibility="private", queue=False).then(
-        **live, api_visibility="private")
+    common = dict(inputs=inputs, js=LANG_JS, concurrency_id="light")
+    run.click(forward, outputs=[notice, closed, eps, stepwise, strip, curves, hist, summary], **common,
+              api_name="forward_noise")
+    live = dict(fn=live_pictures, outputs=[notice, closed, eps, stepwise, strip, summary], **common,
+                api_visibility="private")
+    follow = dict(fn=live_plots, outputs=[curves, hist], **common, api_visibility="private",
+                  show_progress="hidden")
+    gr.on([t.input, schedule.change, seed.submit, image.change], **live, trigger_mode="always_last",
+          show_progress="minimal").then(**follow)
+    steps.input(rescale_t, [steps, t], t, api_visibility="private", queue=False).then(**live).then(**follow)
     gif_btn.click(export, [image, schedule, steps, seed, lang], gif_file, js=LANG_JS,
                   concurrency_id="light", api_name="forward_noise_gif")
-    demo.load(**event, api_visibility="private")
+    demo.load(**live).then(**follow)

@@ -14,6 +14,8 @@ from diffusion.errors import InputError
 from diffusion.ui import common
 
 CORE = Path(__file__).resolve().parents[2] / "diffusion"
+# Command-line tools report errors in English only; everything else can reach the UI.
+CLI_ONLY = {"train.py", "data.py", "bench.py", "evaluate.py"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def _core_calls(func_name: str) -> list[tuple[str, ast.Call]]:
     """Every call to ``func_name`` in the core library, with the file it is in."""
     calls = []
     for path in CORE.rglob("*.py"):
-        if "ui" in path.relative_to(CORE).parts:
+        if "ui" in path.relative_to(CORE).parts or path.name in CLI_ONLY:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call):
