@@ -93,14 +93,14 @@ def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
             with gr.Column(scale=1, min_width=120):
                 switch = gr.Button(tr("app.switch_lang"), size="sm", elem_id="dl-lang-btn")
         switch.click(None, js=common.SWITCH_LANG_JS)
+        if settings.lang != "auto":  # registered first, so it runs before the tabs' load events
+            demo.load(None, js=common.FORCE_LANG_JS % settings.lang)
         with gr.Tabs():
             for tab in TABS:
                 name = tab.__name__.rsplit(".", 1)[-1]
                 with gr.Tab(tr(f"{name}.tab"), id=name, elem_id=f"tab-{name}"):
                     tab.build(tr, settings, demo)
         gr.Markdown(tr("app.footer"), elem_id="dl-footer")
-        if settings.lang != "auto":
-            demo.load(None, js=common.FORCE_LANG_JS % settings.lang)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.light_concurrency)
     return demo, tr
 

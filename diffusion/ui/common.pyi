@@ -38,19 +38,23 @@ LATEX = [
 # Runs in the browser before each event: the last input is the hidden ``lang`` box.
 LANG_JS = """(...args) => {
   const el = document.querySelector('#dl-locale');
-  const code = el ? el.innerText.trim() : 'en';
+  // The marker's text is translated, so it shows the locale on screen; the data
+  // attribute covers the moment between a switch and the marker's update.
+  const code = document.body.dataset.dlLang || (el ? el.innerText.trim() : 'en');
   return [...args.slice(0, -1), code];
 }"""
 
 # Switch Gradio's own locale store (the same one its Settings panel uses).
 SWITCH_LANG_JS = """async () => {
   const el = document.querySelector('#dl-locale');
-  const next = (el && el.innerText.trim().startsWith('zh')) ? 'en' : 'zh-CN';
+  const now = document.body.dataset.dlLang || (el ? el.innerText.trim() : 'en');
+  const next = now.startsWith('zh') ? 'en' : 'zh-CN';
+  document.body.dataset.dlLang = next;
   const urls = performance.getEntriesByType('resource').map((e) => e.name)
     .filter((n) => /\\/assets\\/core-[^/]*\\.js$/.test(n));
   for (const u of urls) {
     const m = await import(u);
-    if (m.changeLocale) { m.changeLocale(next); return; }
+    if (m.changeLocale) { m.changeLocale(next); setTimeout(() => delete document.body.dataset.dlLang, 1000); return; }
   }
   alert('Use Settings (footer) to change the language. / 请在页脚的“设置”中切换语言。');
 }"""
@@ -58,11 +62,12 @@ SWITCH_LANG_JS = """async () => {
 # Force a language on load when the server was started with --lang en|zh-CN.
 FORCE_LANG_JS = """async () => {
   const want = '%s';
+  document.body.dataset.dlLang = want;  // before any await: later load events read it
   const urls = performance.getEntriesByType('resource').map((e) => e.name)
     .filter((n) => /\\/assets\\/core-[^/]*\\.js$/.test(n));
   for (const u of urls) {
     const m = await import(u);
-    if (m.changeLocale) { m.changeLocale(want); return; }
+    if (m.changeLocale) { m.changeLocale(want); setTimeout(() => delete document.body.dataset.dlLang, 1000); return; }
   }
 }"""
 
@@ -255,3 +260,16 @@ class ImageInput(gr.Image):
     if TYPE_CHECKING:
         from gradio.components import Timer
         from gradio.components.base import Component
+
+
+def gpu_task(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``@spaces.GPU(duration=...)`` on a ZeroGPU Space; a no-op decorator elsewhere.
+
+    Model endpoints wrap their GPU work with it, so the same code runs on a laptop,
+    a school server and ZeroGPU hardware.
+    """
+    try:
+        import spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)

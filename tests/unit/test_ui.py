@@ -158,3 +158,21 @@ def test_cli_flags(monkeypatch):
         app.parse_args(["--heavy-concurrency", "0"])
     with pytest.raises(SystemExit):
         app.parse_args(["--device", "tpu"])
+
+
+def test_gpu_task_is_a_no_op_without_spaces(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_spaces(name, *args, **kwargs):
+        if name == "spaces":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_spaces)
+
+    def work(x):
+        return x + 1
+
+    assert common.gpu_task(30)(work) is work
