@@ -38,18 +38,22 @@ def cjk_font_available() -> bool:
     return bool(_installed_cjk_families())
 
 
-def new_figure(width: float = 6.4, height: float = 4.0, dpi: int = 100) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.0, dpi: int = 100,
+               layout: str | None = "constrained") -> Figure:
     """A figure with an Agg canvas attached and a font list that covers CJK text.
 
     Args:
         width: Width in inches.
         height: Height in inches.
         dpi: Resolution used when the figure is rendered.
+        layout: ``"constrained"`` (the default), or ``None`` for figures redrawn on every
+            slider move, which place their axes with ``subplots_adjust`` instead: the
+            constrained solver measures every tick label and can take most of the time.
 
     Returns:
-        A fresh :class:`matplotlib.figure.Figure` with layout set to ``constrained``.
+        A fresh :class:`matplotlib.figure.Figure`.
     """
-    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 

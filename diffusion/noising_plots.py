@@ -80,7 +80,8 @@ def plot_schedules(
         ("sqrt_one_minus_alpha_bar", "panel_sqrt_one_minus_alpha_bar", "ylabel_dimensionless"),
         ("log_snr", "panel_log_snr", "ylabel_log_snr"),
     )
-    fig = new_figure(7.2, 5.4)
+    fig = new_figure(7.2, 5.4, layout=None)  # redrawn on every slider move: fixed layout
+    fig.subplots_adjust(left=0.085, right=0.97, top=0.875, bottom=0.165, hspace=0.3, wspace=0.25)
     axes = fig.subplots(2, 2, sharex=True)
     steps = np.arange(big_t + 1)
     handles = []
@@ -110,8 +111,8 @@ def plot_schedules(
         ax.set_xlabel(labels["xlabel_t"](), fontsize=FONT_SIZE)
     fig.suptitle(labels["schedules_title"](T=big_t, t=t, current=labels[f"schedule_{current}"]()),
                  fontsize=FONT_SIZE + 1)
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=FONT_SIZE,
-               frameon=False)
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=len(handles),
+               fontsize=FONT_SIZE, frameon=False)
     return fig
 
 
@@ -140,7 +141,8 @@ def plot_histogram(
     # Bins centred on -1, 0 and 1, where a clean image's extreme levels pile up.
     width = 1.0 / 12.0
     edges = np.arange(-_HIST_RANGE - width / 2, _HIST_RANGE + width, width)
-    fig = new_figure(6.4, 4.4)
+    fig = new_figure(6.4, 4.4, layout=None)  # redrawn on every slider move: fixed layout
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.91, bottom=0.24)
     ax = fig.subplots()
     # Rounded before formatting, and + 0.0 turns -0.0 into 0.0, so no "-0.00" is shown.
     mean = round(float(noisy.mean()), 2) + 0.0 if noisy.size else 0.0
@@ -163,5 +165,6 @@ def plot_histogram(
     ax.tick_params(labelsize=FONT_SIZE)
     ax.grid(alpha=0.3)
     # Outside the axes: inside, it would hide the bars wherever the image's values lie.
-    fig.legend(loc="outside lower center", ncols=2, fontsize=FONT_SIZE - 1, frameon=False)
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=2, fontsize=FONT_SIZE - 1,
+               frameon=False)
     return fig
