@@ -86,7 +86,7 @@ def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
             version=diffusion.__version__)
     with gr.Blocks(title="Diffusion Lab · 扩散实验室") as demo:
         gr.HTML(tr("locale_code"), elem_id="dl-locale")
-        with gr.Row(elem_id="dl-header", equal_height=True):
+        with gr.Row(elem_id="dl-header", equal_height=False):
             with gr.Column(scale=6):
                 gr.Markdown("# " + "Diffusion Lab · 扩散实验室")
                 gr.Markdown(tr("app.tagline"))

@@ -325,7 +325,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                                 scheme=scheme, boundary=bc).validated()
         except (ValueError, TypeError):
             return tr.text("heat.r_invalid", lang)
-        dx = p.length / (p.n_points if p.boundary == "periodic" else p.n_points - 1)
+        _, dx = heat.make_grid(p.length, p.n_points, p.boundary)
         r = p.diffusivity * (p.t_end / p.n_steps) / dx**2
         if p.scheme != "ftcs":
             return tr.text("heat.r_other", lang, r=r, scheme=tr.text(f"heat.scheme.{p.scheme}", lang))
