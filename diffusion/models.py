@@ -1,0 +1,155 @@
+"""Registry of the models that ship with the app, loaded lazily and cached.
+
+Each model is a diffusers folder under ``assets/models/<name>/`` as written by
+``python -m diffusion.train mnist --export DIR``::
+
+    unet/config.json, unet/diffusion_pytorch_model.safetensors
+    scheduler/scheduler_config.json
+    train_info.json (the model card's numbers), README.md (the model card)
+
+Loading uses safetensors only and never touches the network. A folder that is
+missing or does not load raises :class:`ModelUnavailable`, so the user
+interface can disable the one lesson that needs it while the rest keeps working.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from diffusion.data import IMAGE_SIZE, NUM_CLASSES
+from diffusion.errors import InputError
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One shipped model: where its folder is and what the lessons expect of it."""
+
+    path: Path
+    kind: str  # "unet2d": a class-conditional UNet2DModel + a DDPM scheduler
+    title: str
+    image_size: int
+    in_channels: int
+    num_class_embeds: int
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mnist": ModelSpec(path=MODELS_DIR / "mnist-ddpm", kind="unet2d",
+                       title="Class-conditional DDPM on MNIST digits", image_size=IMAGE_SIZE,
+                       in_channels=1, num_class_embeds=NUM_CLASSES + 1),
+}
+REQUIRED_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                  "scheduler/scheduler_config.json")
+
+
+class ModelUnavailable(InputError):
+    """A registered model cannot be used: its folder is missing, incomplete or corrupt."""
+
+    def __init__(self, name: str, path: Path, reason: str) -> None:
+        super().__init__("model_unavailable", "The model {name} is not available at {path}: {reason}.",
+                         name=name, path=str(path), reason=reason)
+
+
+_cache: dict[tuple[str, str, str], tuple[UNet2DModel, Any]] = {}
+_failed: dict[tuple[str, str], str] = {}
+_lock = threading.Lock()
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise InputError("bad_choice", "model must be one of: {choices} (got {value}).",
+                         choices=", ".join(MODELS), value=str(name)[:40])
+    return MODELS[name]
+
+
+def _missing_file(path: Path) -> str | None:
+    for relative in REQUIRED_FILES:
+        if not (path / relative).is_file():
+            return f"{relative} is missing"
+    return None
+
+
+def available(name: str) -> bool:
+    """Whether ``name`` is registered, has all its files and has not failed to load. Loads nothing."""
+    if name not in MODELS:
+        return False
+    spec = MODELS[name]
+    return _missing_file(spec.path) is None and (name, str(spec.path)) not in _failed
+
+
+def load_unet_folder(path: str | Path, device: torch.device | str = "cpu", *,
+                     name: str = "model", spec: ModelSpec | None = None) -> tuple[UNet2DModel, Any]:
+    """Load ``unet/`` and ``scheduler/`` of a diffusers folder (not cached).
+
+    Args:
+        path: The folder.
+        device: Where the model goes; it is put in eval mode without gradients.
+        name: Name used in error messages.
+        spec: When given, the model's config must match its size, channels and classes.
+
+    Returns:
+        ``(unet, scheduler_config)``; the config is a DDPM scheduler's (β schedule, T).
+
+    Raises:
+        ModelUnavailable: The folder is missing, incomplete, unreadable or does not match ``spec``.
+    """
+    path = Path(path)
+    missing = _missing_file(path)
+    if missing:
+        raise ModelUnavailable(name, path, missing)
+    try:
+        unet = UNet2DModel.from_pretrained(path, subfolder="unet", use_safetensors=True,
+                                           local_files_only=True)
+        scheduler_config = DDPMScheduler.from_config(
+            DDPMScheduler.load_config(path, subfolder="scheduler", local_files_only=True)).config
+    except Exception as error:  # JSON, safetensors and shape errors all mean "corrupt folder"
+        raise ModelUnavailable(name, path, f"it could not be loaded ({type(error).__name__})") from error
+    if spec is not None:
+        expected = {"sample_size": spec.image_size, "in_channels": spec.in_channels,
+                    "num_class_embeds": spec.num_class_embeds}
+        wrong = {k: unet.config.get(k) for k, v in expected.items() if unet.config.get(k) != v}
+        if wrong:
+            raise ModelUnavailable(name, path, f"its configuration does not fit this lesson ({wrong})")
+    return unet.to(torch.device(device)).eval().requires_grad_(False), scheduler_config
+
+
+def load_unet_model(name: str, device: torch.device | str = "cpu") -> tuple[UNet2DModel, Any]:
+    """The registered model ``name`` on ``device``, loaded once and then shared.
+
+    Args:
+        name: A key of :data:`MODELS`.
+        device: Where the model runs; each device gets its own cached copy.
+
+    Returns:
+        ``(unet, scheduler_config)``. Treat the model as read-only: callers share it.
+
+    Raises:
+        ModelUnavailable: The folder is missing or corrupt (remembered, see :func:`available`).
+        InputError: ``bad_choice`` for an unknown name.
+    """
+    spec = _spec(name)
+    device = torch.device(device)
+    key = (name, str(spec.path), str(device))
+    with _lock:  # one load at a time: a second caller waits and then finds it cached
+        if key not in _cache:
+            try:
+                _cache[key] = load_unet_folder(spec.path, device, name=name, spec=spec)
+            except ModelUnavailable as error:
+                _failed[(name, str(spec.path))] = str(error)
+                raise
+            _failed.pop((name, str(spec.path)), None)
+        return _cache[key]
+
+
+def clear_cache() -> None:
+    """Forget loaded models and remembered failures (after replacing a model folder)."""
+    with _lock:
+        _cache.clear()
+        _failed.clear()
