@@ -278,6 +278,8 @@ def run_sampling(args: argparse.Namespace) -> int:
 
 
 def _add_sampling(subparsers: argparse._SubParsersAction) -> None:
+    from diffusion.devices import DEVICE_CHOICES  # one list of device names for every CLI
+
     parser = subparsers.add_parser(
         "sampling", help="sampler loop overhead and DDIM vs DDPM wall time",
         description="Lesson 3: time sampling.sample against a bare diffusers loop, and DDIM against DDPM.")
@@ -293,7 +295,7 @@ def _add_sampling(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=16, help="images per run (default 16)")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="default auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="default auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run_sampling)
 

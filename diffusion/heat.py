@@ -9,7 +9,6 @@ hang a server or exhaust its memory.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
