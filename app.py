@@ -35,6 +35,12 @@ CSS = """
 .dl-warning { border-left: 4px solid #dc2626; padding: 0.4em 0.8em; background: rgba(220, 38, 38, 0.08); }
 #dl-header h1 { margin-bottom: 0; }
 #dl-lang-btn { max-width: 8em; }
+.dl-progress { height: 0.7em; border-radius: 0.35em; background: rgba(128, 128, 128, 0.25); overflow: hidden; }
+.dl-progress-bar { height: 100%; background: #f97316; transition: width 0.1s linear; }
+.dl-progress-text { margin-top: 0.3em; font-variant-numeric: tabular-nums; }
+/* Digits are 28x28 pixels: let the browser scale them up without blurring. */
+.dl-pixelated img { image-rendering: pixelated; }
+.dl-pixelated .image-frame img { width: 100%; height: 100%; object-fit: contain; }
 """
 
 
@@ -84,7 +90,8 @@ def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
     tr = Translator(*(tab.STRINGS for tab in TABS))
     tr.fill("app.footer", device=settings.device_label, torch=torch.__version__.split("+")[0],
             version=diffusion.__version__)
-    with gr.Blocks(title="Diffusion Lab · 扩散实验室") as demo:
+    # Streamed frames and exports land in gradio's cache: drop files older than an hour.
+    with gr.Blocks(title="Diffusion Lab · 扩散实验室", delete_cache=(1800, 3600)) as demo:
         gr.HTML(tr("locale_code"), elem_id="dl-locale")
         with gr.Row(elem_id="dl-header", equal_height=False):
             with gr.Column(scale=6):

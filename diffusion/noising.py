@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from PIL import Image
 
 from diffusion.errors import InputError, check_choice, check_range
+from diffusion.images import save_gif
 
 SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
 _DIFFUSERS_NAMES = {
@@ -530,15 +530,5 @@ def export_gif(
     duration_ms = int(check_range("duration_ms", duration_ms, 20, 2000, integer=True))
     big_t = get_schedule(schedule, num_train_timesteps).num_train_timesteps
     ts = list(dict.fromkeys(int(round(v)) for v in np.linspace(0, big_t, n_frames)))
-    # Pillow's default palette search takes seconds on noise frames; the fast
-    # octree quantiser takes milliseconds and looks the same at this size.
-    frames = [
-        Image.fromarray(to_display(x)).quantize(256, method=Image.Quantize.FASTOCTREE)
-        for x in noise_strip(x0, schedule, big_t, seed, ts)
-    ]
-    durations = [duration_ms] * (len(frames) - 1) + [max(duration_ms, 1500)]
-    out = Path(path)
-    frames[0].save(
-        out, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
-    )
-    return out
+    frames = [to_display(x) for x in noise_strip(x0, schedule, big_t, seed, ts)]
+    return save_gif(frames, path, duration_ms=duration_ms)

@@ -95,11 +95,13 @@ class SampleRequest:
     digit: str = "random"
     guidance_scale: float = 3.0
 
-    def validated(self, num_train_timesteps: int) -> SampleRequest:
+    def validated(self, num_train_timesteps: int, max_batch_size: int = LIMITS["batch_size"][1]) -> SampleRequest:
         """A checked copy with plain Python types.
 
         Args:
             num_train_timesteps: T of the model's scheduler; at most T steps can be run.
+            max_batch_size: Largest batch accepted; the app's cap unless an offline tool
+                (evaluation) asks for more.
 
         Returns:
             A new request. For samplers other than ``ddim`` its ``eta`` is 0.0,
@@ -118,7 +120,8 @@ class SampleRequest:
                                                 1, big_t, integer=True)),
             eta=float(eta) if sampler == "ddim" else 0.0,
             seed=int(check_range("seed", self.seed, *LIMITS["seed"], integer=True)),
-            batch_size=int(check_range("batch_size", self.batch_size, *LIMITS["batch_size"], integer=True)),
+            batch_size=int(check_range("batch_size", self.batch_size, LIMITS["batch_size"][0],
+                                       max(1, int(max_batch_size)), integer=True)),
             digit=_parse_digit(self.digit),
             guidance_scale=float(check_range("guidance_scale", self.guidance_scale,
                                              *LIMITS["guidance_scale"])),
@@ -313,7 +316,8 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
            callback: Callable[[StepInfo], None] | None = None,
            stop: Callable[[], bool] | None = None,
            record: bool = True,
-           noise: torch.Tensor | None = None) -> Trajectory:
+           noise: torch.Tensor | None = None,
+           max_batch_size: int = LIMITS["batch_size"][1]) -> Trajectory:
     """Generate digits with one loop over ``scheduler.timesteps``.
 
     Each step: scale the input (identity except for Euler), predict ε̃ with
@@ -334,6 +338,7 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
         record: Keep every step's x_t, x̂_0 and ε̃ (see :class:`Trajectory`).
         noise: x_T to start from instead of the seeded draw, e.g. from
             :func:`initial_noise`; the seeded generator still feeds later steps.
+        max_batch_size: Largest batch accepted (see :meth:`SampleRequest.validated`).
 
     Returns:
         The :class:`Trajectory` of the run.
@@ -342,7 +347,7 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
         InputError: For a bad request.
         ValueError: ``noise`` is not a finite tensor of the batch's shape.
     """
-    request = request.validated(scheduler_config["num_train_timesteps"])
+    request = request.validated(scheduler_config["num_train_timesteps"], max_batch_size)
     device = torch.device(device)
     dtype = getattr(unet, "dtype", torch.float32)
     size = unet.config.sample_size

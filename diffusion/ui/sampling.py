@@ -1,13 +1,70 @@
-"""Lesson 3 tab: DDPM/DDIM sampling from a trained digit model (model not shipped yet)."""
+"""Lesson 3 tab: DDPM/DDIM sampling from the shipped digit model, streamed live and scrubbable.
+
+One run works like this:
+
+1. :func:`diffusion.sampling.sample` runs in a worker thread (:class:`LiveRun`) and its
+   callback keeps the newest step. The event handler, a generator, yields that step's
+   x_t, x̂_0 and ε̂ a few times a second, so DDPM's 1000 steps do not flood the browser.
+2. The Stop button sets the run's stop flag; the loop ends after the current step and
+   the run finishes normally, with its partial trajectory. Closing the page does the same.
+3. The finished :class:`~diffusion.sampling.Trajectory` stays in memory (:class:`RunStore`,
+   bounded in bytes) under a random run id, so the step slider and the GIF export read it
+   back without recomputing anything.
+"""
 
 from __future__ import annotations
 
-import gradio as gr
+import html
+import logging
+import math
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-from diffusion.ui.common import AppSettings, Translator, unavailable_tab
+import gradio as gr
+import numpy as np
+import torch
+
+from diffusion import models
+from diffusion.errors import InputError
+from diffusion.images import save_gif
+from diffusion.sampling import (
+    DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, initial_noise, sample, to_uint8_grid,
+)
+from diffusion.sampling_plots import SAMPLING_TEXT, plot_std
+from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input
+
+MODEL = "mnist"
+DEFAULTS = SampleRequest()
+FRAME_INTERVAL_S = 0.12     # at most ~8 streamed frames a second; the last step is always sent
+RUN_STORE_BYTES = 600 * 2**20  # finished runs kept for scrubbing: DDPM-1000 × 16 digits is 75 MB
+GIF_MAX_FRAMES = 60
+log = logging.getLogger("diffusion.ui.sampling")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+PLOT_ZH = {
+    "std_title": "采样过程中 xₜ 像素的离散程度（相同的初始噪声）",
+    "std_xlabel": "时间步 t（采样从 t = T − 1 走到 0）",
+    "std_ylabel": "xₜ 像素的标准差（[-1, 1] 刻度）",
+    "std_run": "{sampler}，{steps} 步（{seconds:.1f} 秒）",
+    "std_run_stopped": "{sampler}，{steps} 步后停止",
+    "std_data": "真实数字（标准差 {value:.2f}）",
+    "sampler_ddpm": "DDPM",
+    "sampler_ddim": "DDIM",
+    "sampler_euler_ancestral": "Euler 祖先采样",
+    "sampler_dpm_solver": "DPM-Solver++",
+}
 
 STRINGS = {
     "en": {
+        **{f"sampling.plot.{k}": v for k, v in SAMPLING_TEXT.items()},
         "sampling.tab": "3 · Sampling",
         "param.sampler": "Sampler",
         "param.num_inference_steps": "Sampling steps",
@@ -15,19 +72,67 @@ STRINGS = {
         "param.batch_size": "Number of digits",
         "param.guidance_scale": "Guidance scale",
         "param.step": "Step",
+        "param.digit": "Digit",
+        "param.ddpm_steps": "DDPM steps",
+        "param.ddim_steps": "DDIM steps",
+        "sampling.seed": "Seed",
+        "sampling.digit_random": "random",
+        "sampler.ddpm": "DDPM (ancestral, Ho et al. 2020)",
+        "sampler.ddim": "DDIM (Song et al. 2021)",
+        "sampler.euler_ancestral": "Euler ancestral (Karras et al. 2022)",
+        "sampler.dpm_solver": "DPM-Solver++ 2M (Lu et al. 2022)",
+        "sampling.run": "Sample",
+        "sampling.stop": "Stop",
+        "sampling.x_t": "x_t: what the sampler holds now",
+        "sampling.x0": "x̂₀: the network's guess of the final digits",
+        "sampling.eps": "ε̂: the noise the network sees",
+        "sampling.gallery": "Samples (28×28 PNG, lossless)",
+        "sampling.scrub": "Step (drag to replay the run)",
+        "sampling.scrub_info": "Available after a run: scrubs through the cached steps without recomputing.",
+        "sampling.gif": "Export run as GIF",
+        "sampling.gif_file": "Animated GIF (x_t | x̂₀)",
+        "sampling.summary": "Summary (JSON)",
+        "sampling.loading": "Loading the model…",
+        "sampling.progress": "Step {step} / {total} · t = {t} · {seconds:.1f} s",
+        "sampling.finished": "Done: {total} steps in {seconds:.2f} s.",
+        "sampling.stopped": "Stopped after {done} of {total} steps ({seconds:.2f} s). Drag the slider to replay them.",
+        "sampling.scrubbed": "Replay: step {step} / {total} · t = {t} · ᾱ_t = {alpha_bar:.4f}",
+        "sampling.caption": "digit {digit}",
+        "sampling.compare": "Compare DDPM and DDIM from the same noise",
+        "sampling.compare_intro": (
+            "Both samplers start from the **same** $x_T$ (the seed above) with the same digits and guidance. "
+            "DDPM adds fresh noise at every one of its many small steps; DDIM takes a few large, "
+            "deterministic steps (η = 0) along the same path. The plot shows the pixel spread of $x_t$ "
+            "falling from about 1 (pure noise) to that of real digits."
+        ),
+        "sampling.compare_run": "Run both",
+        "sampling.compare_ddpm": "DDPM result",
+        "sampling.compare_ddim": "DDIM result",
+        "sampling.compare_plot": "Pixel standard deviation against step",
+        "sampling.compare_summary": "Comparison (JSON)",
+        "sampling.compare_progress": "{sampler}: step {step} / {total} · t = {t}",
+        "sampling.compare_done": "DDPM {ddpm_s:.1f} s, DDIM {ddim_s:.1f} s: DDIM was {ratio:.0f}× faster.",
+        "sampling.compare_stopped": "Stopped. Completed runs are shown; press Run both to start again.",
+        "sampling.no_model": "**This lesson is switched off:** the digit model is not installed on this server, or it failed to load. The other tabs work.",
         "error.bad_digit": "The digit must be 0–9 or random (got {value}).",
         "error.model_unavailable": "The {name} model is not available on this server, so this lesson is switched off. The other tabs still work.",
+        "error.run_expired": "This run is no longer in the server's memory. Please press Sample again.",
+        "error.no_run": "Run the sampler first; then the slider and the GIF export replay that run.",
         "sampling.intro": (
             "## Sampling: from noise to a digit\n"
-            "A trained network $\\epsilon_\\theta(x_t, t)$ predicts the noise in $x_t$. "
+            "A trained network $\\epsilon_\\theta(x_t, t, y)$ predicts the noise in $x_t$ (here for a digit class $y$). "
             "DDPM (Ho et al. 2020, eq. 11) walks back one step at a time:\n\n"
             "$$x_{t-1} = \\frac{1}{\\sqrt{\\alpha_t}}\\left(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}"
             "\\,\\epsilon_\\theta(x_t, t)\\right) + \\sigma_t z, \\quad z \\sim \\mathcal{N}(0, I)$$\n\n"
             "DDIM (Song et al. 2021, eq. 12) takes larger, optionally deterministic steps through the "
-            "predicted clean image $\\hat x_0$."
+            "predicted clean image $\\hat x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon_\\theta) / \\sqrt{\\bar\\alpha_t}$. "
+            "Classifier-free guidance (Ho & Salimans 2022) mixes the class-conditional and unconditional predictions: "
+            "$\\tilde\\epsilon = \\epsilon_\\theta(x_t, \\varnothing) + s\\,(\\epsilon_\\theta(x_t, y) - "
+            "\\epsilon_\\theta(x_t, \\varnothing))$; $s = 1$ is the plain conditional model."
         ),
     },
     "zh-CN": {
+        **{f"sampling.plot.{k}": v for k, v in PLOT_ZH.items()},
         "sampling.tab": "3 · 采样",
         "param.sampler": "采样器",
         "param.num_inference_steps": "采样步数",
@@ -35,20 +140,440 @@ STRINGS = {
         "param.batch_size": "数字个数",
         "param.guidance_scale": "引导强度",
         "param.step": "步",
+        "param.digit": "数字",
+        "param.ddpm_steps": "DDPM 步数",
+        "param.ddim_steps": "DDIM 步数",
+        "sampling.seed": "随机种子",
+        "sampling.digit_random": "随机",
+        "sampler.ddpm": "DDPM（祖先采样，Ho 等 2020）",
+        "sampler.ddim": "DDIM（Song 等 2021）",
+        "sampler.euler_ancestral": "Euler 祖先采样（Karras 等 2022）",
+        "sampler.dpm_solver": "DPM-Solver++ 2M（Lu 等 2022）",
+        "sampling.run": "采样",
+        "sampling.stop": "停止",
+        "sampling.x_t": "x_t：采样器当前持有的图像",
+        "sampling.x0": "x̂₀：网络对最终数字的猜测",
+        "sampling.eps": "ε̂：网络看到的噪声",
+        "sampling.gallery": "样本（28×28 无损 PNG）",
+        "sampling.scrub": "步（拖动以回放本次采样）",
+        "sampling.scrub_info": "采样结束后可用：在缓存的各步之间拖动，无需重新计算。",
+        "sampling.gif": "把本次采样导出为 GIF",
+        "sampling.gif_file": "GIF 动画（x_t | x̂₀）",
+        "sampling.summary": "结果摘要（JSON）",
+        "sampling.loading": "正在加载模型…",
+        "sampling.progress": "第 {step} / {total} 步 · t = {t} · {seconds:.1f} 秒",
+        "sampling.finished": "完成：{total} 步，用时 {seconds:.2f} 秒。",
+        "sampling.stopped": "已在第 {done} / {total} 步后停止（{seconds:.2f} 秒）。拖动滑块可回放这些步。",
+        "sampling.scrubbed": "回放：第 {step} / {total} 步 · t = {t} · ᾱ_t = {alpha_bar:.4f}",
+        "sampling.caption": "数字 {digit}",
+        "sampling.compare": "从相同噪声出发比较 DDPM 与 DDIM",
+        "sampling.compare_intro": (
+            "两个采样器从**相同**的 $x_T$（上面的随机种子）出发，数字和引导强度也相同。"
+            "DDPM 走很多小步，每一步都加入新的噪声；DDIM 沿同一路径走少量确定性的大步（η = 0）。"
+            "图中显示 $x_t$ 像素的标准差从约 1（纯噪声）降到真实数字的水平。"
+        ),
+        "sampling.compare_run": "同时运行两者",
+        "sampling.compare_ddpm": "DDPM 结果",
+        "sampling.compare_ddim": "DDIM 结果",
+        "sampling.compare_plot": "像素标准差随步数的变化",
+        "sampling.compare_summary": "比较结果（JSON）",
+        "sampling.compare_progress": "{sampler}：第 {step} / {total} 步 · t = {t}",
+        "sampling.compare_done": "DDPM {ddpm_s:.1f} 秒，DDIM {ddim_s:.1f} 秒：DDIM 快 {ratio:.0f} 倍。",
+        "sampling.compare_stopped": "已停止。已完成的结果仍然显示；按“同时运行两者”可重新开始。",
+        "sampling.no_model": "**本课已关闭：**服务器上没有安装数字模型，或模型加载失败。其他标签页可以正常使用。",
         "error.bad_digit": "数字必须是 0–9 或“随机”（当前为 {value}）。",
         "error.model_unavailable": "服务器上没有可用的 {name} 模型，因此本课暂时关闭；其他标签页仍可正常使用。",
+        "error.run_expired": "这次采样已不在服务器内存中。请重新点击“采样”。",
+        "error.no_run": "请先运行采样器；之后滑块和 GIF 导出会回放那次采样。",
         "sampling.intro": (
             "## 采样：从噪声到数字\n"
-            "训练好的网络 $\\epsilon_\\theta(x_t, t)$ 预测 $x_t$ 中的噪声。"
+            "训练好的网络 $\\epsilon_\\theta(x_t, t, y)$ 预测 $x_t$ 中的噪声（这里针对数字类别 $y$）。"
             "DDPM（Ho 等，2020，式 11）一步一步往回走：\n\n"
             "$$x_{t-1} = \\frac{1}{\\sqrt{\\alpha_t}}\\left(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}"
             "\\,\\epsilon_\\theta(x_t, t)\\right) + \\sigma_t z, \\quad z \\sim \\mathcal{N}(0, I)$$\n\n"
-            "DDIM（Song 等，2021，式 12）借助预测的干净图像 $\\hat x_0$ 迈出更大的步子，并且可以是确定性的。"
+            "DDIM（Song 等，2021，式 12）借助预测的干净图像 "
+            "$\\hat x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon_\\theta) / \\sqrt{\\bar\\alpha_t}$ "
+            "迈出更大的步子，并且可以是确定性的。无分类器引导（Ho 与 Salimans，2022）把有条件和无条件的预测混合起来："
+            "$\\tilde\\epsilon = \\epsilon_\\theta(x_t, \\varnothing) + s\\,(\\epsilon_\\theta(x_t, y) - "
+            "\\epsilon_\\theta(x_t, \\varnothing))$；$s = 1$ 就是普通的条件模型。"
         ),
     },
 }
 
 
+class LiveRun:
+    """One sampling run in a worker thread, with its newest step kept for streaming.
+
+    ``target(callback, stop)`` runs the sampler and returns its result. The
+    callback stores CPU copies of the newest :class:`StepInfo`; the stop flag
+    is polled by the sampler after every step.
+    """
+
+    def __init__(self, target: Callable[[Callable[[StepInfo], None], Callable[[], bool]], Any]) -> None:
+        self.stop_event = threading.Event()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._latest: StepInfo | None = None
+        self._lock = threading.Lock()
+        self._target = target
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._main, daemon=True, name="sampling-run")
+        self._thread.start()
+
+    def _callback(self, info: StepInfo) -> None:
+        copy = StepInfo(step=info.step, total=info.total, t=info.t, alpha_bar=info.alpha_bar,
+                        x_t=info.x_t.detach().float().cpu(), x0_pred=info.x0_pred.detach().float().cpu(),
+                        eps_pred=info.eps_pred.detach().float().cpu())
+        with self._lock:
+            self._latest = copy
+
+    def _main(self) -> None:
+        try:
+            self.result = self._target(self._callback, self.stop_event.is_set)
+        except BaseException as error:  # noqa: BLE001 - handed to the streaming thread
+            self.error = error
+        finally:
+            self.done.set()
+
+    def steps(self, interval: float = FRAME_INTERVAL_S) -> Iterator[StepInfo]:
+        """Yield the newest step about every ``interval`` seconds until the run ends."""
+        last = -1
+        while True:
+            finished = self.done.wait(interval)
+            with self._lock:
+                info = self._latest
+            if info is not None and info.step != last and not finished:
+                last = info.step
+                yield info
+            if finished:
+                break
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Ask the sampler to end after its current step."""
+        self.stop_event.set()
+
+
+class RunStore:
+    """Live runs (for Stop) and finished trajectories (for scrubbing), by random run id.
+
+    Finished runs are kept least-recently-used first within ``max_bytes`` of frames.
+    """
+
+    def __init__(self, max_bytes: int = RUN_STORE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._live: dict[str, LiveRun] = {}
+        self._done: OrderedDict[str, Trajectory] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(16)
+
+    def add_live(self, run_id: str, run: LiveRun) -> None:
+        with self._lock:
+            self._live[run_id] = run
+
+    def stop(self, run_id: Any) -> bool:
+        """Stop the live run ``run_id``; False if there is none."""
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            return False
+        with self._lock:
+            run = self._live.get(run_id)
+        if run is None:
+            return False
+        run.stop()
+        return True
+
+    def finish(self, run_id: str, trajectory: Trajectory | None) -> None:
+        with self._lock:
+            self._live.pop(run_id, None)
+            if trajectory is None or len(trajectory) == 0:
+                return
+            self._done[run_id] = trajectory
+            total = sum(t.nbytes for t in self._done.values())
+            while total > self.max_bytes and len(self._done) > 1:
+                _, old = self._done.popitem(last=False)
+                total -= old.nbytes
+
+    def get(self, run_id: Any) -> Trajectory:
+        """The finished run ``run_id``.
+
+        Raises:
+            InputError: ``no_run`` for an empty id, ``run_expired`` for one that is not kept.
+        """
+        if not run_id:
+            raise InputError("no_run", "Run the sampler first.")
+        with self._lock:
+            trajectory = self._done.get(run_id) if isinstance(run_id, str) and _RUN_ID.match(run_id) else None
+            if trajectory is None:
+                raise InputError("run_expired", "This run is no longer kept; sample again.")
+            self._done.move_to_end(run_id)
+            return trajectory
+
+
+RUNS = RunStore()
+
+
+def picture(batch: torch.Tensor, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """A batch of digits as one square-ish uint8 grid (shown upscaled by the browser)."""
+    nrow = math.ceil(math.sqrt(batch.shape[0]))
+    return to_uint8_grid(batch, nrow=nrow, lo=lo, hi=hi)
+
+
+def step_pictures(info: StepInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x_t and x̂_0 of one step on the [-1, 1] pixel scale (clipped, as in lesson 2), ε̂ on ±3."""
+    return picture(info.x_t), picture(info.x0_pred), picture(info.eps_pred, -3.0, 3.0)
+
+
+def progress_html(fraction: float, text: str) -> str:
+    """A progress bar with a line of text under it (the text is escaped)."""
+    percent = max(0.0, min(100.0, 100.0 * fraction))
+    return (f'<div class="dl-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+            f'aria-valuenow="{percent:.0f}"><div class="dl-progress-bar" style="width: {percent:.1f}%"></div></div>'
+            f'<div class="dl-progress-text">{html.escape(text)}</div>')
+
+
+def model_device(settings: AppSettings) -> str:
+    """Where the digit model runs.
+
+    On a ZeroGPU Space, CUDA only exists inside ``@spaces.GPU`` calls, which run in
+    another process; this lesson's stop flag and run cache need one process, and the
+    model is small, so it stays on the CPU there. Elsewhere it follows ``--device``.
+    """
+    return "cpu" if os.environ.get("SPACES_ZERO_GPU") else settings.device
+
+
+def gallery_items(trajectory: Trajectory, tr: Translator, lang: str) -> list[tuple[np.ndarray, str]]:
+    """Each sample as a native 28×28 uint8 picture with its digit as the caption."""
+    items = []
+    for image, label in zip(trajectory.samples, trajectory.labels):
+        pixels = to_uint8_grid(image[None], nrow=1, pad=0)
+        items.append((pixels, tr.text("sampling.caption", lang, digit=int(label))))
+    return items
+
+
+def run_summary(trajectory: Trajectory, run_id: str) -> dict[str, Any]:
+    """The JSON summary: the issue's fixed keys first, then the run's details."""
+    r = trajectory.request
+    head = {"sampler": r.sampler, "steps": r.num_inference_steps, "seconds": round(trajectory.seconds, 3),
+            "digit": r.digit, "guidance_scale": r.guidance_scale, "seed": r.seed}
+    return {**head, **{k: v for k, v in trajectory.summary().items() if k not in head}, "run_id": run_id}
+
+
+def _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale) -> SampleRequest:
+    # Validation happens in sample(); here only the shape of the request is built.
+    return SampleRequest(sampler=sampler, num_inference_steps=num_inference_steps, eta=eta, seed=seed,
+                         batch_size=batch_size, digit=digit, guidance_scale=guidance_scale)
+
+
+def stream_run(request: SampleRequest, device: str, run_id: str,
+               noise: torch.Tensor | None = None, record: bool = True) -> tuple[LiveRun, Iterator[StepInfo]]:
+    """Start ``request`` in a worker thread registered under ``run_id``."""
+    unet, scheduler_config = models.load_unet_model(MODEL, device)
+    request = request.validated(scheduler_config["num_train_timesteps"])  # fail before the thread starts
+    live = LiveRun(lambda callback, stop: sample(unet, scheduler_config, request, device=device,
+                                                 callback=callback, stop=stop, record=record, noise=noise))
+    RUNS.add_live(run_id, live)
+    return live, live.steps()
+
+
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
-    """Build the tab body."""
-    unavailable_tab(tr, "sampling")
+    """Build the sampling tab and wire its events."""
+    gr.Markdown(tr("sampling.intro"), latex_delimiters=LATEX)
+    if not models.available(MODEL):
+        log.warning("lesson 3 is off: no usable model at %s", models.MODELS[MODEL].path)
+        gr.Markdown(tr("sampling.no_model"), elem_classes=["dl-warning"], elem_id="sample-no-model")
+        return
+    device = model_device(settings)
+    heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
+    t_max = 1000  # the slider's top; the model's own T is checked on the server
+    with gr.Row():
+        with gr.Column(scale=1, min_width=280):
+            sampler = gr.Dropdown([(tr(f"sampler.{s}"), s) for s in SAMPLERS], value=DEFAULTS.sampler,
+                                  label=tr("param.sampler"), elem_id="sample-sampler")
+            steps = gr.Slider(1, t_max, value=DEFAULTS.num_inference_steps, step=1,
+                              label=tr("param.num_inference_steps"), elem_id="sample-steps")
+            eta = gr.Slider(*LIMITS["eta"], value=DEFAULTS.eta, step=0.05, label=tr("param.eta"),
+                            visible=DEFAULTS.sampler == "ddim", elem_id="sample-eta")
+            digit = gr.Dropdown([(tr("sampling.digit_random"), "random")] + [(d, d) for d in DIGITS[1:]],
+                                value=DEFAULTS.digit, label=tr("param.digit"), elem_id="sample-digit",
+                                allow_custom_value=True)
+            batch = gr.Slider(*LIMITS["batch_size"], value=DEFAULTS.batch_size, step=1,
+                              label=tr("param.batch_size"), elem_id="sample-batch")
+            guidance = gr.Slider(*LIMITS["guidance_scale"], value=DEFAULTS.guidance_scale, step=0.5,
+                                 label=tr("param.guidance_scale"), elem_id="sample-guidance")
+            seed = gr.Number(DEFAULTS.seed, precision=0, label=tr("sampling.seed"), elem_id="sample-seed")
+            with gr.Row():
+                run = gr.Button(tr("sampling.run"), variant="primary", elem_id="sample-run")
+                stop = gr.Button(tr("sampling.stop"), variant="stop", elem_id="sample-stop")
+        with gr.Column(scale=3):
+            status = gr.HTML(elem_id="sample-status")
+            with gr.Row():
+                x_t = gr.Image(label=tr("sampling.x_t"), format="png", height=300, elem_id="sample-xt",
+                               elem_classes=["dl-pixelated"], interactive=False)
+                x0 = gr.Image(label=tr("sampling.x0"), format="png", height=300, elem_id="sample-x0",
+                              elem_classes=["dl-pixelated"], interactive=False)
+                eps = gr.Image(label=tr("sampling.eps"), format="png", height=300, elem_id="sample-eps",
+                               elem_classes=["dl-pixelated"], interactive=False)
+            scrub = gr.Slider(1, t_max, value=1, step=1, label=tr("sampling.scrub"), info=tr("sampling.scrub_info"),
+                              interactive=False, elem_id="sample-scrub")
+            gallery = gr.Gallery(label=tr("sampling.gallery"), columns=8, height=220, format="png",
+                                 elem_id="sample-gallery", elem_classes=["dl-pixelated"])
+            with gr.Row():
+                gif_btn = gr.Button(tr("sampling.gif"), elem_id="sample-gif-btn")
+                gif_file = gr.File(label=tr("sampling.gif_file"), elem_id="sample-gif")
+            summary = gr.JSON(label=tr("sampling.summary"), elem_id="sample-summary")
+    with gr.Accordion(tr("sampling.compare"), open=False, elem_id="sample-compare-box"):
+        gr.Markdown(tr("sampling.compare_intro"), latex_delimiters=LATEX)
+        with gr.Row():
+            ddpm_steps = gr.Slider(1, t_max, value=1000, step=1, label=tr("param.ddpm_steps"),
+                                   elem_id="compare-ddpm-steps")
+            ddim_steps = gr.Slider(1, t_max, value=50, step=1, label=tr("param.ddim_steps"),
+                                   elem_id="compare-ddim-steps")
+            with gr.Column(min_width=160):
+                compare_run = gr.Button(tr("sampling.compare_run"), variant="primary", elem_id="compare-run")
+                compare_stop = gr.Button(tr("sampling.stop"), variant="stop", elem_id="compare-stop")
+        compare_status = gr.HTML(elem_id="compare-status")
+        with gr.Row():
+            ddpm_img = gr.Image(label=tr("sampling.compare_ddpm"), format="png", height=260,
+                                elem_id="compare-ddpm", elem_classes=["dl-pixelated"], interactive=False)
+            ddim_img = gr.Image(label=tr("sampling.compare_ddim"), format="png", height=260,
+                                elem_id="compare-ddim", elem_classes=["dl-pixelated"], interactive=False)
+            std_plot = gr.Plot(label=tr("sampling.compare_plot"), format="png", show_label=False,
+                               elem_id="compare-plot")
+        compare_summary = gr.JSON(label=tr("sampling.compare_summary"), elem_id="compare-summary")
+    # Hidden run ids: the Stop buttons, the slider and the GIF export refer to runs by them.
+    run_id = gr.Textbox(visible=False, max_length=64, elem_id="sample-run-id")
+    compare_id = gr.Textbox(visible=False, max_length=64, elem_id="compare-run-id")
+    lang = lang_input()
+
+    @guarded(tr)
+    def run_sampler(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale, lang):
+        request = _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale)
+        new_id = RUNS.new_id()
+        idle = gr.update(interactive=False, maximum=t_max, value=1)
+        yield (progress_html(0, tr.text("sampling.loading", lang)), gr.skip(), gr.skip(), gr.skip(),
+               [], idle, new_id, gr.skip())
+        live, steps_iter = stream_run(request, device, new_id)
+        trajectory = None
+        try:
+            for info in steps_iter:
+                pictures = step_pictures(info)
+                text = tr.text("sampling.progress", lang, step=info.step + 1, total=info.total, t=info.t,
+                                              seconds=time.perf_counter() - live.started)
+                yield (progress_html((info.step + 1) / info.total, text), *pictures,
+                       gr.skip(), gr.skip(), gr.skip(), gr.skip())
+            trajectory = live.result
+        finally:
+            live.stop()  # the page was closed or the event cancelled: end the worker too
+            RUNS.finish(new_id, trajectory)
+        last = trajectory.frame(len(trajectory) - 1)
+        n = len(trajectory)
+        if trajectory.stopped:
+            text = tr.text("sampling.stopped", lang, done=n, total=trajectory.request.num_inference_steps,
+                           seconds=trajectory.seconds)
+        else:
+            text = tr.text("sampling.finished", lang, total=n, seconds=trajectory.seconds)
+        final_x_t = picture(trajectory.samples)  # x_0 itself, after the last update
+        slider = gr.update(interactive=n > 1, maximum=max(n, 2), value=n)
+        yield (progress_html(n / trajectory.request.num_inference_steps, text), final_x_t,
+               picture(last.x0_pred), picture(last.eps_pred, -3.0, 3.0),
+               gallery_items(trajectory, tr, lang), slider, new_id, run_summary(trajectory, new_id))
+
+    @guarded(tr)
+    def replay(current_id, step, lang):
+        trajectory = RUNS.get(current_id)
+        n = len(trajectory)
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+            raise InputError("not_a_number", "step must be a number.", name="step")
+        info = trajectory.frame(int(min(max(step, 1), n)) - 1)
+        text = tr.text("sampling.scrubbed", lang, step=info.step + 1, total=n, t=info.t,
+                       alpha_bar=info.alpha_bar)
+        return (progress_html((info.step + 1) / n, text), *step_pictures(info))
+
+    @guarded(tr)
+    def export_gif(current_id, lang):
+        trajectory = RUNS.get(current_id)
+        n = len(trajectory)
+        picks = sorted(set(np.linspace(0, n - 1, min(n, GIF_MAX_FRAMES)).round().astype(int).tolist()))
+        frames = []
+        for i in picks:
+            info = trajectory.frame(i)
+            left, right = step_pictures(info)[:2]
+            gap = np.full((left.shape[0], 4), 255, dtype=np.uint8)
+            frames.append(np.kron(np.hstack([left, gap, right]), np.ones((3, 3), dtype=np.uint8)))
+        r = trajectory.request
+        out = Path(tempfile.mkdtemp(prefix="dl-gif-")) / f"sampling_{r.sampler}_{len(trajectory)}steps_seed{r.seed}.gif"
+        return str(save_gif(frames, out, duration_ms=80))
+
+    @guarded(tr)
+    def compare(ddpm_n, ddim_n, eta, seed, batch_size, digit, guidance_scale, lang):
+        new_id = RUNS.new_id()
+        text = tr.table("sampling.plot.", lang)
+        unet, scheduler_config = models.load_unet_model(MODEL, device)
+        big_t, size = scheduler_config["num_train_timesteps"], unet.config.sample_size
+        yield (progress_html(0, tr.text("sampling.loading", lang)), None, None, gr.skip(), new_id, gr.skip())
+        noise = None
+        runs: dict[str, Trajectory] = {}
+        for name, n in (("ddim", ddim_n), ("ddpm", ddpm_n)):
+            request = _request(name, n, eta if name == "ddim" else 0.0, seed, batch_size, digit, guidance_scale)
+            if noise is None:  # the same x_T for both: the one the seed gives
+                checked = request.validated(big_t)
+                noise = initial_noise(checked, (checked.batch_size, unet.config.in_channels, size, size))
+            live, steps_iter = stream_run(request, device, new_id, noise=noise, record=False)
+            try:
+                for info in steps_iter:
+                    label = text.get(f"sampler_{name}", name)
+                    status_text = tr.text("sampling.compare_progress", lang, sampler=label, step=info.step + 1,
+                                          total=info.total, t=info.t)
+                    yield (progress_html((info.step + 1) / info.total, status_text),
+                           *([gr.skip(), picture(info.x0_pred)] if name == "ddim" else [picture(info.x0_pred),
+                                                                                        gr.skip()]),
+                           gr.skip(), gr.skip(), gr.skip())
+            finally:
+                live.stop()
+                RUNS.finish(new_id, None)
+            runs[name] = live.result
+            final = picture(runs[name].samples)
+            yield (gr.skip(), *([gr.skip(), final] if name == "ddim" else [final, gr.skip()]),
+                   gr.skip(), gr.skip(), gr.skip())
+            if runs[name].stopped:
+                break
+        figure = plot_std(list(runs.values()), text, num_train_timesteps=big_t)
+        result = {name: {"steps": len(t), "stopped": t.stopped, "seconds": round(t.seconds, 3),
+                         **({"eta": t.request.eta} if name == "ddim" else {})} for name, t in runs.items()}
+        ddim, ddpm = runs.get("ddim"), runs.get("ddpm")
+        stopped = any(t.stopped for t in runs.values()) or ddpm is None
+        result.update(seed=int(ddim.request.seed), digit=ddim.request.digit,
+                      guidance_scale=ddim.request.guidance_scale, labels=[int(v) for v in ddim.labels])
+        if stopped:
+            status_text = tr.text("sampling.compare_stopped", lang)
+        else:
+            ratio = ddpm.seconds / max(ddim.seconds, 1e-9)
+            result["speedup_ddim_over_ddpm"] = round(ratio, 2)
+            result["mean_abs_pixel_difference"] = round(float((ddpm.samples - ddim.samples).abs().mean()), 4)
+            status_text = tr.text("sampling.compare_done", lang, ddpm_s=ddpm.seconds, ddim_s=ddim.seconds,
+                                  ratio=ratio)
+        yield (progress_html(1.0, status_text), gr.skip(), gr.skip(), figure, new_id, result)
+
+    def stop_run(current_id):
+        RUNS.stop(current_id)
+
+    inputs = [sampler, steps, eta, seed, batch, digit, guidance, lang]
+    run.click(run_sampler, inputs, [status, x_t, x0, eps, gallery, scrub, run_id, summary], js=LANG_JS,
+              api_name="sample", show_progress="hidden", **heavy)
+    stop.click(stop_run, [run_id], None, queue=False, api_name="sample_stop")
+    scrub.input(replay, [run_id, scrub, lang], [status, x_t, x0, eps], js=LANG_JS, api_name="sample_scrub",
+                concurrency_id="light", trigger_mode="always_last", show_progress="hidden")
+    gif_btn.click(export_gif, [run_id, lang], gif_file, js=LANG_JS, api_name="sample_gif",
+                  concurrency_id="light")
+    sampler.change(lambda s: gr.update(visible=s == "ddim"), sampler, eta, queue=False,
+                   api_visibility="private")
+    compare_run.click(compare, [ddpm_steps, ddim_steps, eta, seed, batch, digit, guidance, lang],
+                      [compare_status, ddpm_img, ddim_img, std_plot, compare_id, compare_summary],
+                      js=LANG_JS, api_name="sample_compare", show_progress="hidden", **heavy)
+    compare_stop.click(stop_run, [compare_id], None, queue=False, api_visibility="private")
+
