@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 from torch.nn import functional as F
 
@@ -131,12 +130,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError(f"need two (N, D) feature sets with N >= 2, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(root).all():  # singular product: nudge both, as the FID reference code does
-        eps = np.eye(a.shape[1]) * 1e-6
-        root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    root = np.real(root)
-    return float(max(0.0, ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root)))
+    # Tr((Σa Σb)^½) = Σ sqrt(eig(Σa^½ Σb Σa^½)): a symmetric form whose eigenvalues are
+    # real and non-negative, so no complex parts or singular-matrix warnings.
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    middle = root_a @ cov_b @ root_a
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    d2 = ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root
+    return float(max(0.0, d2))
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:

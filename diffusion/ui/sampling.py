@@ -83,9 +83,9 @@ STRINGS = {
         "sampler.dpm_solver": "DPM-Solver++ 2M (Lu et al. 2022)",
         "sampling.run": "Sample",
         "sampling.stop": "Stop",
-        "sampling.x_t": "x_t: what the sampler holds now",
-        "sampling.x0": "x̂₀: the network's guess of the final digits",
-        "sampling.eps": "ε̂: the noise the network sees",
+        "sampling.x_t": "x_t: the sampler's current image",
+        "sampling.x0": "x̂₀: predicted final digits",
+        "sampling.eps": "ε̂: predicted noise",
         "sampling.gallery": "Samples (28×28 PNG, lossless)",
         "sampling.scrub": "Step (drag to replay the run)",
         "sampling.scrub_info": "Available after a run: scrubs through the cached steps without recomputing.",
@@ -151,9 +151,9 @@ STRINGS = {
         "sampler.dpm_solver": "DPM-Solver++ 2M（Lu 等 2022）",
         "sampling.run": "采样",
         "sampling.stop": "停止",
-        "sampling.x_t": "x_t：采样器当前持有的图像",
-        "sampling.x0": "x̂₀：网络对最终数字的猜测",
-        "sampling.eps": "ε̂：网络看到的噪声",
+        "sampling.x_t": "x_t：采样器当前的图像",
+        "sampling.x0": "x̂₀：预测的最终数字",
+        "sampling.eps": "ε̂：预测的噪声",
         "sampling.gallery": "样本（28×28 无损 PNG）",
         "sampling.scrub": "步（拖动以回放本次采样）",
         "sampling.scrub_info": "采样结束后可用：在缓存的各步之间拖动，无需重新计算。",
@@ -360,7 +360,9 @@ def run_summary(trajectory: Trajectory, run_id: str) -> dict[str, Any]:
     r = trajectory.request
     head = {"sampler": r.sampler, "steps": r.num_inference_steps, "seconds": round(trajectory.seconds, 3),
             "digit": r.digit, "guidance_scale": r.guidance_scale, "seed": r.seed}
-    return {**head, **{k: v for k, v in trajectory.summary().items() if k not in head}, "run_id": run_id}
+    # The per-step spread is left out: the comparison plot shows it, and 1000 numbers drown the rest.
+    details = {k: v for k, v in trajectory.summary().items() if k not in head and k != "x_t_std"}
+    return {**head, **details, "run_id": run_id}
 
 
 def _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale) -> SampleRequest:
@@ -420,11 +422,11 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                                elem_classes=["dl-pixelated"], interactive=False)
             scrub = gr.Slider(1, t_max, value=1, step=1, label=tr("sampling.scrub"), info=tr("sampling.scrub_info"),
                               interactive=False, elem_id="sample-scrub")
-            gallery = gr.Gallery(label=tr("sampling.gallery"), columns=8, height=220, format="png",
+            gallery = gr.Gallery(label=tr("sampling.gallery"), columns=8, height=230, format="png", object_fit="contain",
                                  elem_id="sample-gallery", elem_classes=["dl-pixelated"])
             with gr.Row():
                 gif_btn = gr.Button(tr("sampling.gif"), elem_id="sample-gif-btn")
-                gif_file = gr.File(label=tr("sampling.gif_file"), elem_id="sample-gif")
+                gif_file = gr.File(label=tr("sampling.gif_file"), height=90, elem_id="sample-gif")
             summary = gr.JSON(label=tr("sampling.summary"), elem_id="sample-summary")
     with gr.Accordion(tr("sampling.compare"), open=False, elem_id="sample-compare-box"):
         gr.Markdown(tr("sampling.compare_intro"), latex_delimiters=LATEX)

@@ -117,9 +117,11 @@ def test_every_tab_opens_in_the_browser_language(session):
         session.open_tab(name)
         if index == 2:
             session.wait_for_json("noise-summary", r'"alpha_bar"')
+        elif index == 3:
+            session.page.locator("#sample-run").wait_for()
         else:
             notice = "Not available yet" if session.locale == "en" else "暂不可用"
-            key = ("sampling", "denoising", "text2image")[index - 3]
+            key = ("denoising", "text2image")[index - 4]
             session.page.locator(f"#tab-{key}").get_by_text(notice).wait_for()
         session.page.wait_for_timeout(300)
         session.shot(f"{index}-{name.split(' · ')[1].replace(' ', '_')}")
@@ -185,6 +187,58 @@ def test_noising_slider_examples_and_gif(session):
     page.locator("#noise-gif a, #noise-gif .file-preview").first.wait_for()
     session.shot("noising-used")
     session.assert_clean()
+
+
+def test_sampling_streams_stops_and_scrubs(session):
+    page = session.page
+    zh = session.locale == "zh-CN"
+    session.open_tab(TAB_NAMES[session.locale][2])
+    # A quick DDIM run: live frames stream in, then the gallery, the slider and the summary.
+    session.set_slider("sample-steps", 25)
+    session.set_slider("sample-batch", 9)
+    session.choose("sample-digit", "7")
+    page.locator("#sample-run").click()
+    page.locator("#sample-xt img").wait_for()
+    session.wait_for_json("sample-summary", r'"sampler":"ddim","steps":25,')
+    assert page.locator("#sample-gallery img").count() >= 9
+    assert ("完成" if zh else "Done") in page.locator("#sample-status").inner_text()
+    session.shot("sampling-done")
+    # Scrub back to step 1: the status shows the replayed step at once.
+    session.set_slider("sample-scrub", 1)
+    page.locator("#sample-status").get_by_text(re.compile("第 1 / 25 步" if zh else "step 1 / 25")).wait_for()
+    session.shot("sampling-scrubbed")
+    # A long DDPM run, stopped by the Stop button after the first frames.
+    session.choose("sample-sampler", "DDPM（祖先采样，Ho 等 2020）" if zh else "DDPM (ancestral, Ho et al. 2020)")
+    session.set_slider("sample-steps", 1000)
+    page.locator("#sample-run").click()
+    page.locator("#sample-status").get_by_text(re.compile("/ 1000")).first.wait_for()
+    page.wait_for_timeout(800)
+    page.locator("#sample-stop").click()
+    session.wait_for_json("sample-summary", r'"stopped":true')
+    assert ("已在第" if zh else "Stopped after") in page.locator("#sample-status").inner_text()
+    session.shot("sampling-stopped")
+    # The GIF of the stopped run.
+    page.locator("#sample-gif-btn").click()
+    page.locator("#sample-gif a, #sample-gif .file-preview").first.wait_for()
+    session.assert_clean()
+
+
+def test_sampling_compare_in_the_browser(browser, app_server):
+    s = Session(browser, app_server, "en-US")
+    try:
+        page = s.page
+        s.open_tab(TAB_NAMES["en"][2])
+        s.set_slider("sample-batch", 4)
+        page.locator("#sample-compare-box").get_by_text("Compare DDPM and DDIM").first.click()
+        s.set_slider("compare-ddpm-steps", 100)
+        s.set_slider("compare-ddim-steps", 10)
+        page.locator("#compare-run").click()
+        s.wait_for_json("compare-summary", r'"speedup_ddim_over_ddpm"')
+        page.locator("#compare-plot img").wait_for()
+        s.shot("sampling-compare")
+        s.assert_clean()
+    finally:
+        s.close()
 
 
 def test_language_button_switches_labels_and_server_text(browser, app_server):

@@ -82,9 +82,11 @@ def test_every_validated_parameter_name_is_translated(built):
 def test_plot_text_is_translated_for_every_key(built):
     from diffusion.heat_plots import HEAT_TEXT
     from diffusion.noising_plots import NOISING_TEXT
+    from diffusion.sampling_plots import SAMPLING_TEXT
 
     _, tr = built
-    for prefix, defaults in (("heat.plot.", HEAT_TEXT), ("noising.plot.", NOISING_TEXT)):
+    for prefix, defaults in (("heat.plot.", HEAT_TEXT), ("noising.plot.", NOISING_TEXT),
+                             ("sampling.plot.", SAMPLING_TEXT)):
         for key, english in defaults.items():
             assert tr.strings["en"][prefix + key] == english
             assert _fields(tr.strings["zh-CN"][prefix + key]) == _fields(english)
@@ -141,7 +143,8 @@ def test_app_has_five_tabs_in_lesson_order_and_named_endpoints(built):
     tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
     assert [t.id for t in tabs] == ["heat", "noising", "sampling", "denoising", "text2image"]
     api_names = {d.api_name for d in demo.fns.values() if d.api_name}
-    assert {"heat_simulate", "forward_noise", "forward_noise_gif"} <= api_names
+    assert {"heat_simulate", "forward_noise", "forward_noise_gif", "sample", "sample_stop", "sample_scrub",
+            "sample_gif", "sample_compare"} <= api_names
 
 
 def test_queue_is_bounded(built):

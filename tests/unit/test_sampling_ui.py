@@ -1,0 +1,192 @@
+"""Lesson 3's UI plumbing: the worker run, stop, the run store, pictures, summary and plot."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from diffusers import DDPMScheduler
+
+import app
+from diffusion import models
+from diffusion.errors import InputError
+from diffusion.sampling import SampleRequest, Trajectory, sample
+from diffusion.sampling_plots import SAMPLING_TEXT, plot_std
+from diffusion.ui import sampling as tab
+from tests.unit.test_sampling import tiny_unet
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return tiny_unet()
+
+
+@pytest.fixture(scope="module")
+def config():
+    return DDPMScheduler().config
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch, tmp_path, unet, config):
+    """The registry's "mnist" model replaced by a tiny random one saved in a temp folder."""
+    folder = tmp_path / "mnist-ddpm"
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    DDPMScheduler.from_config(config).save_pretrained(folder / "scheduler")
+    spec = models.MODELS["mnist"]
+    monkeypatch.setitem(models.MODELS, "mnist", models.ModelSpec(
+        path=folder, kind=spec.kind, title=spec.title, image_size=spec.image_size,
+        in_channels=spec.in_channels, num_class_embeds=spec.num_class_embeds))
+    models.clear_cache()
+    yield folder
+    models.clear_cache()
+
+
+def run(unet, config, **changes) -> Trajectory:
+    return sample(unet, config, SampleRequest(**{"num_inference_steps": 5, "batch_size": 3, **changes}))
+
+
+def test_live_run_streams_steps_and_returns_the_result(unet, config):
+    request = SampleRequest(num_inference_steps=6, batch_size=2)
+    live = tab.LiveRun(lambda cb, stop: sample(unet, config, request, callback=cb, stop=stop))
+    seen = [info.step for info in live.steps(interval=0.0)]
+    assert live.done.is_set() and isinstance(live.result, Trajectory) and len(live.result) == 6
+    assert seen == sorted(set(seen)) and all(0 <= s < 6 for s in seen)
+
+
+def test_live_run_stop_ends_after_the_current_step(unet, config):
+    started = threading.Event()
+
+    def slow(cb, stop):
+        def callback(info):
+            cb(info)
+            started.set()
+            time.sleep(0.01)
+        return sample(unet, config, SampleRequest(sampler="ddpm", num_inference_steps=1000, batch_size=1),
+                      callback=callback, stop=stop)
+
+    live = tab.LiveRun(slow)
+    assert started.wait(30)
+    live.stop()
+    assert live.done.wait(30)
+    assert live.result.stopped and 1 <= len(live.result) < 1000
+
+
+def test_live_run_hands_errors_to_the_streaming_side():
+    def broken(cb, stop):
+        raise InputError("bad_digit", "no", value="x")
+
+    live = tab.LiveRun(broken)
+    with pytest.raises(InputError):
+        list(live.steps(interval=0.0))
+
+
+def test_run_store_keeps_finished_runs_within_its_byte_budget(unet, config):
+    first = run(unet, config)
+    store = tab.RunStore(max_bytes=first.nbytes * 2 + 1)
+    ids = [store.new_id() for _ in range(3)]
+    assert len(set(ids)) == 3 and all(tab._RUN_ID.match(i) for i in ids)
+    for run_id in ids:
+        store.finish(run_id, run(unet, config))
+    with pytest.raises(InputError) as error:
+        store.get(ids[0])  # the oldest was dropped to stay within budget
+    assert error.value.code == "run_expired"
+    assert len(store.get(ids[2])) == 5
+    for bad in ("", None):
+        with pytest.raises(InputError) as error:
+            store.get(bad)
+        assert error.value.code == "no_run"
+    for bad in ("../../etc/passwd", "x" * 32, 42):
+        with pytest.raises(InputError) as error:
+            store.get(bad)
+        assert error.value.code == "run_expired"
+    assert store.stop("0" * 32) is False and store.stop(None) is False
+
+
+def test_run_store_stop_reaches_a_live_run():
+    class Dummy:
+        stopped = False
+
+        def stop(self):
+            self.stopped = True
+
+    store, dummy = tab.RunStore(), Dummy()
+    run_id = store.new_id()
+    store.add_live(run_id, dummy)
+    assert store.stop(run_id) and dummy.stopped
+    store.finish(run_id, None)
+    assert store.stop(run_id) is False
+
+
+def test_pictures_gallery_and_summary(unet, config):
+    trajectory = run(unet, config, digit="7")
+    x_t, x0, eps = tab.step_pictures(trajectory.frame(2))
+    assert x_t.dtype == np.uint8 and x_t.shape == x0.shape == eps.shape == (62, 62)  # 2×2 grid of 28 + pads
+
+    class Tr:
+        @staticmethod
+        def text(key, lang, **fields):
+            return f"{key}:{fields}"
+
+    items = tab.gallery_items(trajectory, Tr, "en")
+    assert len(items) == 3 and all(img.shape == (28, 28) and img.dtype == np.uint8 for img, _ in items)
+    assert "'digit': 7" in items[0][1]
+    summary = tab.run_summary(trajectory, "ab" * 16)
+    assert list(summary)[:6] == ["sampler", "steps", "seconds", "digit", "guidance_scale", "seed"]
+    assert summary["steps"] == 5 and summary["digit"] == "7" and summary["run_id"] == "ab" * 16
+
+
+def test_progress_html_escapes_text_and_clamps():
+    out = tab.progress_html(1.7, "<script>alert(1)</script>")
+    assert "<script>" not in out and "&lt;script&gt;" in out and 'aria-valuenow="100"' in out
+    assert 'width: 0.0%' in tab.progress_html(-1, "x")
+
+
+def test_stream_run_validates_before_starting(tiny_registry):
+    with pytest.raises(InputError) as error:
+        tab.stream_run(SampleRequest(num_inference_steps=5000), "cpu", "0" * 32)
+    assert error.value.code == "out_of_range"
+    live, steps = tab.stream_run(SampleRequest(num_inference_steps=3, batch_size=1), "cpu", "1" * 32)
+    assert [s.step for s in steps][-1:] in ([2], [1], [0], [])
+    assert len(live.result) == 3
+
+
+def test_zero_gpu_keeps_the_small_model_on_the_cpu(monkeypatch):
+    settings = app.settings_from_args(app.parse_args(["--device", "cpu"]))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert tab.model_device(settings) == "cpu"
+
+
+def test_std_plot_draws_one_line_per_run_with_labels(unet, config):
+    ddim = run(unet, config, sampler="ddim")
+    ddpm = run(unet, config, sampler="ddpm", num_inference_steps=20)
+    fig = plot_std([ddim, ddpm])
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3  # two runs and the real-digit level
+    assert ax.get_xlabel() == SAMPLING_TEXT["std_xlabel"] and ax.get_ylabel() == SAMPLING_TEXT["std_ylabel"]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), ddim.x_t_std.numpy(), rtol=1e-6)
+    assert ax.get_xlim()[0] > ax.get_xlim()[1]  # time runs from T down to 0
+
+
+def test_tab_is_switched_off_cleanly_without_its_model(monkeypatch, tmp_path):
+    spec = models.MODELS["mnist"]
+    monkeypatch.setitem(models.MODELS, "mnist", models.ModelSpec(
+        path=tmp_path / "nothing", kind=spec.kind, title=spec.title, image_size=spec.image_size,
+        in_channels=spec.in_channels, num_class_embeds=spec.num_class_embeds))
+    models.clear_cache()
+    demo, _ = app.create_app(app.settings_from_args(app.parse_args(["--device", "cpu"])))
+    api_names = {d.api_name for d in demo.fns.values() if d.api_name}
+    assert "sample" not in api_names and "heat_simulate" in api_names
+    notices = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "sample-no-model"]
+    assert len(notices) == 1
+
+
+def test_model_events_share_the_heavy_queue(tiny_registry):
+    demo, _ = app.create_app(app.settings_from_args(app.parse_args(["--device", "cpu", "--heavy-concurrency", "2"])))
+    by_name = {d.api_name: d for d in demo.fns.values() if d.api_name}
+    for name in ("sample", "sample_compare"):
+        assert by_name[name].concurrency_id == "heavy" and by_name[name].concurrency_limit == 2
+    assert by_name["sample_stop"].queue is False  # a stop must not wait behind the run it stops
