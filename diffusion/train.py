@@ -226,7 +226,7 @@ def sample_digits(unet: UNet2DModel, scheduler_config: Any, labels: Sequence[int
             both = unet(torch.cat([x, x]), t, class_labels=torch.cat([y, torch.full_like(y, NULL_CLASS)]))
             eps_cond, eps_uncond = both.sample.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        x = scheduler.step(eps, t, x).prev_sample
+        x = scheduler.step(eps, t, x, use_clipped_model_output=True).prev_sample  # see diffusion.sampling
     return x.clamp(-1.0, 1.0).cpu()
 
 

@@ -96,7 +96,7 @@ STRINGS = {
         "sampling.progress": "Step {step} / {total} · t = {t} · {seconds:.1f} s",
         "sampling.finished": "Done: {total} steps in {seconds:.2f} s.",
         "sampling.stopped": "Stopped after {done} of {total} steps ({seconds:.2f} s). Drag the slider to replay them.",
-        "sampling.scrubbed": "Replay: step {step} / {total} · t = {t} · ᾱ_t = {alpha_bar:.4f}",
+        "sampling.scrubbed": "Replay: step {step} / {total} · t = {t} · ᾱ_t = {alpha_bar:.3g}",
         "sampling.caption": "digit {digit}",
         "sampling.compare": "Compare DDPM and DDIM from the same noise",
         "sampling.compare_intro": (
@@ -164,7 +164,7 @@ STRINGS = {
         "sampling.progress": "第 {step} / {total} 步 · t = {t} · {seconds:.1f} 秒",
         "sampling.finished": "完成：{total} 步，用时 {seconds:.2f} 秒。",
         "sampling.stopped": "已在第 {done} / {total} 步后停止（{seconds:.2f} 秒）。拖动滑块可回放这些步。",
-        "sampling.scrubbed": "回放：第 {step} / {total} 步 · t = {t} · ᾱ_t = {alpha_bar:.4f}",
+        "sampling.scrubbed": "回放：第 {step} / {total} 步 · t = {t} · ᾱ_t = {alpha_bar:.3g}",
         "sampling.caption": "数字 {digit}",
         "sampling.compare": "从相同噪声出发比较 DDPM 与 DDIM",
         "sampling.compare_intro": (
@@ -411,6 +411,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             with gr.Row():
                 run = gr.Button(tr("sampling.run"), variant="primary", elem_id="sample-run")
                 stop = gr.Button(tr("sampling.stop"), variant="stop", elem_id="sample-stop")
+            gif_btn = gr.Button(tr("sampling.gif"), elem_id="sample-gif-btn")
+            gif_file = gr.File(label=tr("sampling.gif_file"), height=90, elem_id="sample-gif")
         with gr.Column(scale=3):
             status = gr.HTML(elem_id="sample-status")
             with gr.Row():
@@ -424,9 +426,6 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                               interactive=False, elem_id="sample-scrub")
             gallery = gr.Gallery(label=tr("sampling.gallery"), columns=8, height=230, format="png", object_fit="contain",
                                  elem_id="sample-gallery", elem_classes=["dl-pixelated"])
-            with gr.Row():
-                gif_btn = gr.Button(tr("sampling.gif"), elem_id="sample-gif-btn")
-                gif_file = gr.File(label=tr("sampling.gif_file"), height=90, elem_id="sample-gif")
             summary = gr.JSON(label=tr("sampling.summary"), elem_id="sample-summary")
     with gr.Accordion(tr("sampling.compare"), open=False, elem_id="sample-compare-box"):
         gr.Markdown(tr("sampling.compare_intro"), latex_delimiters=LATEX)
@@ -440,11 +439,11 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                 compare_stop = gr.Button(tr("sampling.stop"), variant="stop", elem_id="compare-stop")
         compare_status = gr.HTML(elem_id="compare-status")
         with gr.Row():
-            ddpm_img = gr.Image(label=tr("sampling.compare_ddpm"), format="png", height=260,
+            ddpm_img = gr.Image(label=tr("sampling.compare_ddpm"), format="png", height=300, scale=1,
                                 elem_id="compare-ddpm", elem_classes=["dl-pixelated"], interactive=False)
-            ddim_img = gr.Image(label=tr("sampling.compare_ddim"), format="png", height=260,
+            ddim_img = gr.Image(label=tr("sampling.compare_ddim"), format="png", height=300, scale=1,
                                 elem_id="compare-ddim", elem_classes=["dl-pixelated"], interactive=False)
-            std_plot = gr.Plot(label=tr("sampling.compare_plot"), format="png", show_label=False,
+            std_plot = gr.Plot(label=tr("sampling.compare_plot"), format="png", show_label=False, scale=2,
                                elem_id="compare-plot")
         compare_summary = gr.JSON(label=tr("sampling.compare_summary"), elem_id="compare-summary")
     # Hidden run ids: the Stop buttons, the slider and the GIF export refer to runs by them.
