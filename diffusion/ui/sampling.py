@@ -519,6 +519,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         yield (progress_html(0, tr.text("sampling.loading", lang)), None, None, gr.skip(), new_id, gr.skip())
         noise = None
         runs: dict[str, Trajectory] = {}
+        finals: dict[str, np.ndarray] = {}
         for name, n in (("ddim", ddim_n), ("ddpm", ddpm_n)):
             request = _request(name, n, eta if name == "ddim" else 0.0, seed, batch_size, digit, guidance_scale)
             if noise is None:  # the same x_T for both: the one the seed gives
@@ -538,7 +539,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                 live.stop()
                 RUNS.finish(new_id, None)
             runs[name] = live.result
-            final = picture(runs[name].samples)
+            final = finals[name] = picture(runs[name].samples)
             yield (gr.skip(), *([gr.skip(), final] if name == "ddim" else [final, gr.skip()]),
                    gr.skip(), gr.skip(), gr.skip())
             if runs[name].stopped:
@@ -558,7 +559,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             result["mean_abs_pixel_difference"] = round(float((ddpm.samples - ddim.samples).abs().mean()), 4)
             status_text = tr.text("sampling.compare_done", lang, ddpm_s=ddpm.seconds, ddim_s=ddim.seconds,
                                   ratio=ratio)
-        yield (progress_html(1.0, status_text), gr.skip(), gr.skip(), figure, new_id, result)
+        # Every output again in the last yield: API callers see only this one.
+        yield (progress_html(1.0, status_text), finals.get("ddpm"), finals.get("ddim"), figure, new_id, result)
 
     def stop_run(current_id):
         RUNS.stop(current_id)
