@@ -41,6 +41,7 @@ CSS = """
 /* Digits are 28x28 pixels: let the browser scale them up without blurring. */
 .dl-pixelated img { image-rendering: pixelated; }
 .dl-pixelated .image-frame img { width: 100%; height: 100%; object-fit: contain; }
+#sample-gallery img { object-fit: contain !important; }
 """
 
 
