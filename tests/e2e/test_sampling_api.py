@@ -113,11 +113,17 @@ def test_closing_the_stream_stops_the_worker(client):
     deadline = time.monotonic() + 120
     while not any(o[6] for o in job.outputs()) and time.monotonic() < deadline:
         time.sleep(0.05)
+    run_id = next(o[6] for o in job.outputs() if o[6])
+    while run_id not in tab.RUNS._live and time.monotonic() < deadline:  # the app runs in this process
+        time.sleep(0.01)
+    live = tab.RUNS._live[run_id]
     job.cancel()
-    deadline = time.monotonic() + 60
-    while tab.RUNS._live and time.monotonic() < deadline:  # the app runs in this process
-        time.sleep(0.1)
-    assert not tab.RUNS._live
+    assert live.done.wait(60), "the worker kept sampling after the stream was closed"
+    assert live.result.stopped and len(live.result) < 1000
+    deadline = time.monotonic() + 30
+    while run_id in tab.RUNS._live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run_id not in tab.RUNS._live
     _, final = stream(client, num_inference_steps=3, batch_size=1)  # and the queue is free again
     assert final["summary"]["steps_run"] == 3
 
