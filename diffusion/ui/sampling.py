@@ -248,7 +248,8 @@ class LiveRun:
             finished = self.done.wait(interval if last >= 0 else FIRST_FRAME_POLL_S)
             with self._lock:
                 info = self._latest
-            if info is not None and info.step != last and not finished:
+            # A run that ends before the first poll still shows one step before its final frame.
+            if info is not None and info.step != last and (not finished or last < 0):
                 last = info.step
                 yield info
             if finished:

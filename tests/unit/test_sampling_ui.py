@@ -150,7 +150,8 @@ def test_stream_run_validates_before_starting(tiny_registry):
         tab.stream_run(SampleRequest(num_inference_steps=5000), "cpu", "0" * 32)
     assert error.value.code == "out_of_range"
     live, steps = tab.stream_run(SampleRequest(num_inference_steps=3, batch_size=1), "cpu", "1" * 32)
-    assert [s.step for s in steps][:1] == [0]  # the first step is always streamed
+    streamed = [s.step for s in steps]
+    assert streamed and streamed == sorted(set(streamed))  # even this short run shows a step
     assert len(live.result) == 3
     assert tab.RUNS.stop("1" * 32)  # registered while it runs, so Stop can reach it
     tab.RUNS.finish("1" * 32, None)
