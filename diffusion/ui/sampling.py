@@ -37,7 +37,7 @@ from diffusion import models
 from diffusion.errors import InputError
 from diffusion.images import save_gif
 from diffusion.sampling import (
-    DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, initial_noise, sample, to_uint8_grid,
+    DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
 )
 from diffusion.sampling_plots import SAMPLING_TEXT, plot_std
 from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input
@@ -378,12 +378,12 @@ def _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidanc
 
 
 def stream_run(request: SampleRequest, device: str, run_id: str,
-               noise: torch.Tensor | None = None, record: bool = True) -> tuple[LiveRun, Iterator[StepInfo]]:
+               record: bool = True) -> tuple[LiveRun, Iterator[StepInfo]]:
     """Start ``request`` in a worker thread registered under ``run_id``."""
     unet, scheduler_config = models.load_unet_model(MODEL, device)
     request = request.validated(scheduler_config["num_train_timesteps"])  # fail before the thread starts
     live = LiveRun(lambda callback, stop: sample(unet, scheduler_config, request, device=device,
-                                                 callback=callback, stop=stop, record=record, noise=noise))
+                                                 callback=callback, stop=stop, record=record))
     RUNS.add_live(run_id, live)
     return live, live.steps()
 
@@ -520,21 +520,17 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     def compare(ddpm_n, ddim_n, eta, seed, batch_size, digit, guidance_scale, lang):
         new_id = RUNS.new_id()
         text = tr.table("sampling.plot.", lang)
-        unet, scheduler_config = models.load_unet_model(MODEL, device)
-        big_t, size = scheduler_config["num_train_timesteps"], unet.config.sample_size
+        big_t = models.load_unet_model(MODEL, device)[1]["num_train_timesteps"]
         yield (progress_html(0, tr.text("sampling.loading", lang)), None, None, gr.skip(), new_id, gr.skip())
-        noise = None
         runs: dict[str, Trajectory] = {}
         finals: dict[str, np.ndarray] = {}
         for name, n in (("ddim", ddim_n), ("ddpm", ddpm_n)):
+            # Same seed, same x_T: sample() draws x_T from the seed before anything else.
             request = _request(name, n, eta if name == "ddim" else 0.0, seed, batch_size, digit, guidance_scale)
-            if noise is None:  # the same x_T for both: the one the seed gives
-                checked = request.validated(big_t)
-                noise = initial_noise(checked, (checked.batch_size, unet.config.in_channels, size, size))
-            live, steps_iter = stream_run(request, device, new_id, noise=noise, record=False)
+            live, steps_iter = stream_run(request, device, new_id, record=False)
+            label = text.get(f"sampler_{name}", name)
             try:
                 for info in steps_iter:
-                    label = text.get(f"sampler_{name}", name)
                     status_text = tr.text("sampling.compare_progress", lang, sampler=label, step=info.step + 1,
                                           total=info.total, t=info.t)
                     yield (progress_html((info.step + 1) / info.total, status_text),
