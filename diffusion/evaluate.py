@@ -1,4 +1,7 @@
-"""Evaluation CLI: how good are the shipped models? ``python -m diffusion.evaluate mnist``.
+"""Evaluation CLI: how good are the shipped models? ``python -m diffusion.evaluate mnist|denoise``.
+
+Lesson 4's photo denoiser is measured by :mod:`diffusion.evaluate_denoise`
+(``denoise``, ``denoise-tune``, ``denoise-color``).
 
 For the digit DDPM (lesson 3) it measures, in one run:
 
@@ -344,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(run=run_mnist)
+    from diffusion import evaluate_denoise  # lesson 4's subcommands
+
+    evaluate_denoise.add_subcommands(sub)
     return parser
 
 

@@ -1,11 +1,12 @@
 """Registry of the models that ship with the app, loaded lazily and cached.
 
 Each model is a diffusers folder under ``assets/models/<name>/`` as written by
-``python -m diffusion.train mnist --export DIR``::
+``python -m diffusion.train mnist|denoiser --export DIR``::
 
     unet/config.json, unet/diffusion_pytorch_model.safetensors
     scheduler/scheduler_config.json
     train_info.json (the model card's numbers), README.md (the model card)
+    denoiser.json (lesson 4's denoiser only: its noise range)
 
 Loading uses safetensors only and never touches the network. A folder that is
 missing or does not load raises :class:`ModelUnavailable`, so the user
@@ -23,6 +24,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion.data import IMAGE_SIZE, NUM_CLASSES
+from diffusion.denoising import DiffusionDenoiser
 from diffusion.errors import InputError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
@@ -45,6 +47,8 @@ MODELS: dict[str, ModelSpec] = {
                        title="Class-conditional DDPM on MNIST digits", image_size=IMAGE_SIZE,
                        in_channels=1, num_class_embeds=NUM_CLASSES + 1),
 }
+DENOISER = "denoiser"
+DENOISER_PATH = MODELS_DIR / "photo-denoiser"  # lesson 4, see diffusion.denoising
 REQUIRED_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                   "scheduler/scheduler_config.json")
 
@@ -57,7 +61,7 @@ class ModelUnavailable(InputError):
                          name=name, path=str(path), reason=reason)
 
 
-_cache: dict[tuple[str, str, str], tuple[UNet2DModel, Any]] = {}
+_cache: dict[tuple[str, str, str], Any] = {}
 _failed: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 
@@ -153,3 +157,36 @@ def clear_cache() -> None:
     with _lock:
         _cache.clear()
         _failed.clear()
+
+
+def denoiser_available(path: Path | None = None) -> bool:
+    """Whether lesson 4's denoiser folder is complete and has not failed to load. Loads nothing."""
+    path = Path(path or DENOISER_PATH)
+    return (_missing_file(path) is None and (path / "denoiser.json").is_file()
+            and (DENOISER, str(path)) not in _failed)
+
+
+def load_denoiser(device: torch.device | str = "cpu", path: Path | None = None) -> DiffusionDenoiser:
+    """Lesson 4's :class:`~diffusion.denoising.DiffusionDenoiser`, loaded once per device and shared.
+
+    Raises:
+        ModelUnavailable: The folder is missing, incomplete or corrupt (remembered).
+    """
+    path = Path(path or DENOISER_PATH)
+    key = (DENOISER, str(path), str(torch.device(device)))
+    with _lock:
+        if key not in _cache:
+            missing = _missing_file(path) or (None if (path / "denoiser.json").is_file() else "denoiser.json is missing")
+            try:
+                if missing:
+                    raise ModelUnavailable(DENOISER, path, missing)
+                try:
+                    _cache[key] = DiffusionDenoiser.from_folder(path, device)
+                except Exception as error:  # JSON, safetensors, shape or config errors: a corrupt folder
+                    raise ModelUnavailable(DENOISER, path,
+                                           f"it could not be loaded ({type(error).__name__})") from error
+            except ModelUnavailable as error:
+                _failed[(DENOISER, str(path))] = str(error)
+                raise
+            _failed.pop((DENOISER, str(path)), None)
+        return _cache[key]

@@ -37,7 +37,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -318,8 +318,13 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def run_mnist(args: argparse.Namespace) -> int:
-    """Train (or resume) the class-conditional digit DDPM; see the module docstring."""
+def prepare_run(args: argparse.Namespace, run_keys: Sequence[str]
+                ) -> tuple[torch.device, Path, dict[str, Any], Path | None]:
+    """Threads, device, run folder, the run-defining settings and an existing checkpoint.
+
+    Raises:
+        InputError: The device is unavailable, or ``--out`` holds a run and ``--resume`` is missing.
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -327,12 +332,18 @@ def run_mnist(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise InputError("device_unavailable", str(error)) from None
     run_dir = Path(args.out)
-    settings = json.loads(json.dumps({key: getattr(args, key) for key in RUN_KEYS}, default=str))
+    settings = json.loads(json.dumps({key: getattr(args, key) for key in run_keys}, default=str))
     checkpoint = find_checkpoint(run_dir)
     if checkpoint and not args.resume:
         raise InputError("run_exists", "{path} already holds a checkpoint: add --resume or choose another --out.",
                          path=str(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    return device, run_dir, settings, checkpoint
+
+
+def run_mnist(args: argparse.Namespace) -> int:
+    """Train (or resume) the class-conditional digit DDPM; see the module docstring."""
+    device, run_dir, settings, checkpoint = prepare_run(args, RUN_KEYS)
 
     images, labels = load_dataset(args)
     split = data.split_train_heldout(images, labels, args.heldout_fraction, args.split_seed)
@@ -349,7 +360,54 @@ def run_mnist(args: argparse.Namespace) -> int:
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
     scheduler = make_scheduler(args.beta_schedule, 1000)
+    n_params = sum(p.numel() for p in unet.parameters())
+    base_info = {"task": "mnist", "seed": args.seed, "settings": settings, "parameters": n_params,
+                 "weights_mb_fp32": round(n_params * 4 / 1e6, 2), "hardware": hardware_info(device),
+                 "unet_config": dict(unet.config), "scheduler_config": dict(scheduler.config),
+                 "data": {"name": args.data, "train": len(split.train_idx), "heldout": len(split.heldout_idx),
+                          "train_per_class": np.bincount(split.train_labels[split.train_labels >= 0],
+                                                         minlength=data.NUM_CLASSES).tolist()}}
 
+    def grid(step: int) -> None:
+        digits = sample_digits(ema.model, scheduler.config, np.repeat(np.arange(10), args.grid_columns),
+                               guidance=args.sample_guidance, seed=args.seed)
+        (run_dir / "samples").mkdir(exist_ok=True)
+        save_grid(data.from_model_range(digits), args.grid_columns, run_dir / "samples" / f"step_{step:06d}.png")
+
+    def one_step(step: int) -> float:
+        generator = step_generator(args.seed, step)
+        index = torch.from_numpy(batch_indices(len(x_train), args.batch_size, step, args.seed))
+        x0 = random_translate(x_train[index], args.translate, generator).to(device)
+        y = drop_labels(y_train[index], args.class_dropout, generator)
+        return train_step(unet, ema, optimizer, lr_schedule, scheduler, x0, y, generator, step, args.grad_clip)
+
+    return run_loop(args, run_dir, checkpoint, unet, ema, optimizer, lr_schedule, settings, base_info,
+                    one_step, grid, args.sample_every, lambda out: export(ema.model, scheduler, out,
+                                                                          run_dir / "train_info.json"))
+
+
+def run_loop(args: argparse.Namespace, run_dir: Path, checkpoint: Path | None, unet: torch.nn.Module,
+             ema: EMA, optimizer: torch.optim.Optimizer, lr_schedule: Any, settings: dict[str, Any],
+             base_info: dict[str, Any], one_step: Callable[[int], float],
+             periodic: Callable[[int], None] | None, periodic_every: int,
+             export_to: Callable[[Path], None]) -> int:
+    """The training loop every subcommand shares: resume, steps, logs, checkpoints, pause, export.
+
+    Args:
+        args: Parsed options of :func:`_add_common` (steps, resume, stop/pause, logging, export).
+        run_dir: The run folder. ``checkpoint``: its checkpoint folder, if any.
+        unet, ema, optimizer, lr_schedule: What a checkpoint saves and restores.
+        settings: Options that define the run; a resume must repeat them.
+        base_info: Fixed fields of ``train_info.json`` (task, data, hardware, configs).
+        one_step: Runs optimiser step ``s`` (all its random draws seeded by ``(seed, s)``)
+            and returns the batch loss.
+        periodic: Called with the step count every ``periodic_every`` steps and at the end
+            (sample grids, validation); ``periodic_every = 0`` never.
+        export_to: Saves the finished model to a folder (``--export``).
+
+    Returns:
+        0 when finished or paused on purpose, 130 when stopped by a signal.
+    """
     step, seconds, invocations, recent = 0, 0.0, [], []
     if args.resume and checkpoint:
         meta = load_checkpoint(checkpoint, unet, ema, optimizer, lr_schedule)
@@ -364,13 +422,6 @@ def run_mnist(args: argparse.Namespace) -> int:
     invocations.append({"command": getattr(args, "command_line", "python -m diffusion.train"),
                         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                         "start_step": step})
-    n_params = sum(p.numel() for p in unet.parameters())
-    base_info = {"task": "mnist", "seed": args.seed, "settings": settings, "parameters": n_params,
-                 "weights_mb_fp32": round(n_params * 4 / 1e6, 2), "hardware": hardware_info(device),
-                 "unet_config": dict(unet.config), "scheduler_config": dict(scheduler.config),
-                 "data": {"name": args.data, "train": len(split.train_idx), "heldout": len(split.heldout_idx),
-                          "train_per_class": np.bincount(split.train_labels[split.train_labels >= 0],
-                                                         minlength=data.NUM_CLASSES).tolist()}}
 
     def record(finished: bool) -> None:
         invocations[-1].update(end_step=step, seconds=round(seconds - start_seconds, 1))
@@ -383,12 +434,6 @@ def run_mnist(args: argparse.Namespace) -> int:
                     final_loss_window=len(recent))
         (run_dir / "train_info.json").write_text(json.dumps(info, indent=1))
 
-    def grid() -> None:
-        digits = sample_digits(ema.model, scheduler.config, np.repeat(np.arange(10), args.grid_columns),
-                               guidance=args.sample_guidance, seed=args.seed)
-        (run_dir / "samples").mkdir(exist_ok=True)
-        save_grid(data.from_model_range(digits), args.grid_columns, run_dir / "samples" / f"step_{step:06d}.png")
-
     start_seconds, interval_losses = seconds, []
     bar = tqdm(total=args.steps, initial=step, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 60.0)
@@ -398,12 +443,7 @@ def run_mnist(args: argparse.Namespace) -> int:
     previous = _install_handlers(lambda signum, frame: stop.append(signum))
     try:
         while step < args.steps:
-            generator = step_generator(args.seed, step)
-            index = torch.from_numpy(batch_indices(len(x_train), args.batch_size, step, args.seed))
-            x0 = random_translate(x_train[index], args.translate, generator).to(device)
-            y = drop_labels(y_train[index], args.class_dropout, generator)
-            value = train_step(unet, ema, optimizer, lr_schedule, scheduler, x0, y, generator, step,
-                               args.grad_clip)
+            value = one_step(step)
             step += 1
             now = time.perf_counter()
             seconds, tick = seconds + now - tick, now
@@ -422,9 +462,10 @@ def run_mnist(args: argparse.Namespace) -> int:
                 interval_losses = []
             if step % args.checkpoint_every == 0 and step < args.steps:
                 record(finished=False)
-            if args.sample_every and (step % args.sample_every == 0 or step == args.steps):
-                grid()
-            tick = time.perf_counter()  # checkpoints and grids are not training time
+            if periodic and periodic_every and (step % periodic_every == 0 or step == args.steps):
+                periodic(step)
+                unet.train()
+            tick = time.perf_counter()  # checkpoints, grids and validation are not training time
             out_of_time = args.max_minutes and seconds - start_seconds >= 60 * args.max_minutes
             if step < args.steps and (stop or step == args.stop_at or out_of_time):
                 bar.close()
@@ -436,7 +477,7 @@ def run_mnist(args: argparse.Namespace) -> int:
     bar.close()
     record(finished=True)
     if args.export:
-        export(ema.model, scheduler, Path(args.export), run_dir / "train_info.json")
+        export_to(Path(args.export))
         tqdm.write(f"exported the EMA model to {args.export}")
     return 0
 
@@ -550,7 +591,7 @@ def _add_mnist(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split (default 0)")
     parser.add_argument("--class-dropout", type=_probability, default=0.1,
                         help="probability of training a label as 'no class' (default 0.1)")
-    parser.add_argument("--translate", type=int, default=0, choices=range(0, 5), metavar="{0..4}",
+    parser.add_argument("--translate", type=int, default=0, choices=range(5), metavar="{0..4}",
                         help="random shifts of up to this many pixels (default 0)")
     parser.add_argument("--beta-schedule", choices=("linear", "cosine"), default="linear", help="default linear")
     parser.add_argument("--sample-every", type=_non_negative_int, default=1000, help="steps between sample grids; 0: none")
@@ -559,14 +600,18 @@ def _add_mnist(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_mnist)
 
 
-SUBCOMMANDS = (_add_mnist,)
+SUBCOMMANDS = [_add_mnist]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m diffusion.train`` parser with one subparser per model."""
+    from diffusion import (
+        train_denoiser,  # registers its subcommand; imports this module's helpers
+    )
+
     parser = argparse.ArgumentParser(prog="python -m diffusion.train", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in SUBCOMMANDS:
+    for add in (*SUBCOMMANDS, train_denoiser.add_subcommand):
         add(subparsers)
     return parser
 

@@ -12,8 +12,10 @@ How language works:
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -267,3 +269,21 @@ def gpu_task(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[...,
     except ImportError:
         return lambda fn: fn
     return spaces.GPU(duration=duration)
+
+
+def progress_html(fraction: float, text: str) -> str:
+    """A progress bar with a line of text under it (the text is escaped)."""
+    percent = max(0.0, min(100.0, 100.0 * fraction))
+    return (f'<div class="dl-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+            f'aria-valuenow="{percent:.0f}"><div class="dl-progress-bar" style="width: {percent:.1f}%"></div></div>'
+            f'<div class="dl-progress-text">{html.escape(text)}</div>')
+
+
+def model_device(settings: AppSettings) -> str:
+    """Where the digit model runs.
+
+    On a ZeroGPU Space, CUDA only exists inside ``@spaces.GPU`` calls, which run in
+    another process; this lesson's stop flag and run cache need one process, and the
+    model is small, so it stays on the CPU there. Elsewhere it follows ``--device``.
+    """
+    return "cpu" if os.environ.get("SPACES_ZERO_GPU") else settings.device

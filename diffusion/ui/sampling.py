@@ -15,10 +15,8 @@ One run works like this:
 
 from __future__ import annotations
 
-import html
 import logging
 import math
-import os
 import re
 import secrets
 import tempfile
@@ -40,7 +38,8 @@ from diffusion.sampling import (
     DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
 )
 from diffusion.sampling_plots import SAMPLING_TEXT, plot_std
-from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input
+from diffusion.ui.common import (LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input, model_device,
+                                 progress_html)
 
 MODEL = "mnist"
 DEFAULTS = SampleRequest()
@@ -332,24 +331,6 @@ def picture(batch: torch.Tensor, lo: float = -1.0, hi: float = 1.0) -> np.ndarra
 def step_pictures(info: StepInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x_t and x̂_0 of one step on the [-1, 1] pixel scale (clipped, as in lesson 2), ε̂ on ±3."""
     return picture(info.x_t), picture(info.x0_pred), picture(info.eps_pred, -3.0, 3.0)
-
-
-def progress_html(fraction: float, text: str) -> str:
-    """A progress bar with a line of text under it (the text is escaped)."""
-    percent = max(0.0, min(100.0, 100.0 * fraction))
-    return (f'<div class="dl-progress" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
-            f'aria-valuenow="{percent:.0f}"><div class="dl-progress-bar" style="width: {percent:.1f}%"></div></div>'
-            f'<div class="dl-progress-text">{html.escape(text)}</div>')
-
-
-def model_device(settings: AppSettings) -> str:
-    """Where the digit model runs.
-
-    On a ZeroGPU Space, CUDA only exists inside ``@spaces.GPU`` calls, which run in
-    another process; this lesson's stop flag and run cache need one process, and the
-    model is small, so it stays on the CPU there. Elsewhere it follows ``--device``.
-    """
-    return "cpu" if os.environ.get("SPACES_ZERO_GPU") else settings.device
 
 
 def gallery_items(trajectory: Trajectory, tr: Translator, lang: str) -> list[tuple[np.ndarray, str]]:

@@ -1,0 +1,179 @@
+"""The noise-conditional denoising network of lesson 4 and its noise-level map.
+
+The network is a diffusion model's ε-predictor, trained on *every* noise level
+the way DDPM trains (Ho et al. 2020, Algorithm 1): draw a level, add Gaussian
+noise, learn to predict the noise. Only the levels differ: DDPM draws a
+timestep uniformly, we draw σ uniformly on the 0–255 scale up to
+:data:`SIGMA_MAX_255` and map it to a (fractional) timestep.
+
+Noise levels. For ``x_t = √ᾱ x_0 + √(1-ᾱ) ε`` (DDPM eq. 4) the rescaled image
+``y = x_t / √ᾱ = x_0 + σ ε`` is the clean image plus Gaussian noise of
+standard deviation::
+
+    σ = √((1 - ᾱ) / ᾱ)          ⇔          ᾱ = 1 / (1 + σ²)
+
+in model units (images in ``[-1, 1]``, so σ_model = 2 σ_255 / 255). A noisy
+photo with known σ is therefore ``x_{t*}`` after scaling by ``√ᾱ_{t*}``, where
+``t*`` solves σ(t*) = σ.
+
+Continuous timesteps. diffusers numbers the DDPM timesteps ``τ = 0..T-1``
+(``ᾱ_τ = scheduler.alphas_cumprod[τ]``). We extend them to real ``τ ∈ [-1, T-1]``:
+``log ᾱ`` is linear between the integer knots and ``τ = -1`` is the clean image
+(ᾱ = 1, the lesson's ``t = 0``; lesson step ``t`` is ``τ = t - 1``). The UNet's
+sinusoidal timestep embedding takes real τ, so any σ gets its exact level.
+
+Architecture. A diffusers :class:`~diffusers.UNet2DModel` without attention,
+so it is fully convolutional and works on any image size. For speed it runs
+at half resolution: the ``1×H×W`` image is folded into ``r²`` channels of
+``H/r × W/r`` (pixel unshuffle, as in FFDNet, Zhang et al. 2018) and the
+predicted noise unfolded back. ``r`` is read from the saved model:
+``in_channels = r²``. One channel at a time: colour images go through the
+network channel by channel (see :mod:`diffusion.denoising`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+
+SIGMA_MAX_255 = 100.0  # the highest noise level trained, on the 0–255 scale
+
+
+def sigma_to_model(sigma_255: float | np.ndarray | torch.Tensor):
+    """σ on the 0–255 pixel scale → σ in model units (images in ``[-1, 1]``): ``2 σ / 255``."""
+    return sigma_255 * (2.0 / 255.0)
+
+
+class NoiseLevels:
+    """σ ↔ τ for a DDPM schedule, on continuous timesteps ``τ ∈ [-1, T-1]`` (see the module docstring).
+
+    Args:
+        alphas_cumprod: ``ᾱ_τ`` for ``τ = 0..T-1``, e.g. ``scheduler.alphas_cumprod``.
+    """
+
+    def __init__(self, alphas_cumprod: Sequence[float] | torch.Tensor) -> None:
+        abar = np.asarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64))
+        self.knots = np.arange(-1, len(abar), dtype=np.float64)  # τ = -1, 0, ..., T-1
+        self.log_abar = np.concatenate([[0.0], np.log(abar)])  # ᾱ_{-1} = 1
+        self.sigmas = np.sqrt(np.expm1(-self.log_abar))  # σ = √(1/ᾱ - 1), increasing in τ
+
+    @classmethod
+    def from_scheduler(cls, scheduler: DDPMScheduler) -> NoiseLevels:
+        """The levels of a diffusers scheduler (its ``alphas_cumprod``)."""
+        return cls(scheduler.alphas_cumprod)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return len(self.knots) - 1
+
+    def alpha_bar(self, tau: float | np.ndarray) -> np.ndarray:
+        """ᾱ(τ): log-linear interpolation between the scheduler's integer timesteps."""
+        return np.exp(np.interp(tau, self.knots, self.log_abar))
+
+    def sigma(self, tau: float | np.ndarray) -> np.ndarray:
+        """σ(τ) = √((1 - ᾱ(τ)) / ᾱ(τ)) in model units."""
+        return np.sqrt(np.expm1(-np.interp(tau, self.knots, self.log_abar)))
+
+    def tau(self, sigma_model: float | np.ndarray) -> np.ndarray:
+        """The timestep τ* with σ(τ*) = σ (model units); σ = 0 gives τ* = -1, the clean image.
+
+        Exact for the interpolated schedule: between two knots ``log ᾱ`` is linear
+        in τ, so τ* solves ``log ᾱ(τ*) = -log(1 + σ²)`` by linear interpolation.
+        """
+        target = -np.log1p(np.square(np.asarray(sigma_model, dtype=np.float64)))
+        if np.any(target < self.log_abar[-1]):
+            raise ValueError(f"σ above the schedule's largest level {self.sigmas[-1]:.3g}")
+        # log ᾱ decreases with τ: interpolate on the reversed (increasing) arrays
+        return np.interp(target, self.log_abar[::-1], self.knots[::-1])
+
+
+def unshuffle_factor(unet: UNet2DModel) -> int:
+    """``r`` of the pixel (un)shuffle, from the saved config: ``in_channels = r²`` for a 1-channel image."""
+    r = math.isqrt(int(unet.config.in_channels))
+    if r * r != unet.config.in_channels or unet.config.out_channels != unet.config.in_channels:
+        raise ValueError("a denoiser UNet needs in_channels = out_channels = r² (pixel unshuffle by r)")
+    return r
+
+
+def size_multiple(unet: UNet2DModel) -> int:
+    """Image sides must be multiples of this: the unshuffle times one halving per lower resolution."""
+    return unshuffle_factor(unet) * 2 ** (len(unet.config.block_out_channels) - 1)
+
+
+def build_denoiser_unet(channels: Sequence[int] = (32, 64, 128), layers_per_block: int = 1,
+                        unshuffle: int = 2, sample_size: int = 48) -> UNet2DModel:
+    """An untrained denoiser: ``UNet2DModel`` with ``r²`` in/out channels, no attention, no classes.
+
+    Args:
+        channels: Feature channels per resolution (each but the last halves the size).
+        layers_per_block: ResNet blocks per down block (up blocks get one more).
+        unshuffle: Pixel-unshuffle factor ``r`` (1: full resolution).
+        sample_size: Nominal training size at the network's resolution (informational;
+            the network is fully convolutional).
+    """
+    channels = tuple(int(c) for c in channels)
+    groups = max(g for g in range(1, 9) if math.gcd(*channels) % g == 0)
+    n = len(channels)
+    return UNet2DModel(
+        sample_size=sample_size, in_channels=unshuffle**2, out_channels=unshuffle**2,
+        block_out_channels=channels, layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
+        norm_num_groups=groups, add_attention=False,
+    )
+
+
+def predict_noise(unet: UNet2DModel, x_t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """ε_θ(x_t, τ) for ``(N, 1, H, W)`` images of any size.
+
+    The image is mirror-padded to a multiple of :func:`size_multiple`, folded
+    by pixel unshuffle, passed through the UNet and unfolded; the padding is
+    cut off again.
+
+    Args:
+        unet: The denoiser network.
+        x_t: Noisy images ``(N, 1, H, W)`` at the network's scale ``√ᾱ (x_0 + σ ε)``.
+        tau: Continuous timesteps, shape ``(N,)`` or a scalar.
+    """
+    r = unshuffle_factor(unet)
+    m = size_multiple(unet)
+    n, _, h, w = x_t.shape
+    ph, pw = (-h) % m, (-w) % m
+    x = x_t
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    tau = torch.as_tensor(tau, dtype=x.dtype, device=x.device).reshape(-1).expand(n)
+    eps = F.pixel_shuffle(unet(F.pixel_unshuffle(x, r), tau).sample, r)
+    return eps[:, :, :h, :w]
+
+
+@torch.no_grad()
+def tweedie(unet: UNet2DModel, levels: NoiseLevels, y: torch.Tensor, sigma_model: float) -> torch.Tensor:
+    """One-step MMSE denoising by Tweedie's formula (Efron 2011; DDPM eq. 15 solved for x_0).
+
+    For ``y = x_0 + σ ε`` the posterior mean is ``E[x_0 | y] = y + σ² ∇ log p(y)``,
+    and a trained ε-network gives the score ``∇ log p(y) ≈ -ε_θ / σ``. With
+    ``x_{τ*} = √ᾱ y`` (ᾱ = 1 / (1 + σ²)) this is the familiar::
+
+        x̂_0 = (x_{τ*} - √(1-ᾱ) ε_θ(x_{τ*}, τ*)) / √ᾱ  =  y - σ ε_θ(√ᾱ y, τ*)
+
+    Args:
+        unet: The denoiser network.
+        levels: The σ ↔ τ map of its schedule.
+        y: Noisy images ``(N, 1, H, W)`` in model units (``[-1, 1]`` plus noise).
+        sigma_model: The noise level σ in model units (``2 σ_255 / 255``).
+
+    Returns:
+        x̂_0, same shape as ``y`` (not clipped).
+    """
+    if sigma_model <= 0:
+        return y.clone()
+    abar = 1.0 / (1.0 + sigma_model**2)
+    tau = torch.full((y.shape[0],), float(levels.tau(sigma_model)), device=y.device)
+    eps = predict_noise(unet, y * abar**0.5, tau)
+    return y - sigma_model * eps
