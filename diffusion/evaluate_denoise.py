@@ -198,7 +198,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("denoise-tune", help="tune the classical denoisers on BSD400 (training images)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder holding BSD400/ (default data/denoise)")
-    p.add_argument("--sigmas", type=_floats, default=list(classical.TUNED_SIGMAS))
+    p.add_argument("--sigmas", type=_floats, default=[s for s in classical.TUNED_SIGMAS if s > 0])
     p.add_argument("--limit", type=int, default=16, help="BSD400 images to use (default the first 16)")
     p.add_argument("--seed", type=int, default=1, help="noise seed (default 1)")
     p.set_defaults(run=run_tune)

@@ -15,7 +15,7 @@ from diffusion.ui import common
 
 CORE = Path(__file__).resolve().parents[2] / "diffusion"
 # Command-line tools report errors in English only; everything else can reach the UI.
-CLI_ONLY = {"train.py", "data.py", "bench.py", "evaluate.py"}
+CLI_ONLY = {"train.py", "train_denoiser.py", "data.py", "bench.py", "evaluate.py", "evaluate_denoise.py"}
 
 
 @pytest.fixture(scope="module")
