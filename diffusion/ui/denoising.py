@@ -472,14 +472,15 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                                          tr.table("denoising.plot.", lang))
 
     @guarded(tr)
-    def denoise(path_in, sigma, seed, methods, sigma_override, steps, eta, color, max_side, zx, zy, zsize, lang):
+    def denoise(image, sigma, seed, methods, sigma_override, steps, eta, color, max_side, zoom_x, zoom_y,
+                zoom_size, lang):
         chosen = check_methods(methods)
         steps = check_range("steps", steps, *LIMITS["steps"], integer=True)
         eta = check_range("eta", eta, *LIMITS["eta"])
         color = check_choice("color", color, COLOR_MODES)
-        for name, value in (("zoom_x", zx), ("zoom_y", zy), ("zoom_size", zsize)):
+        for name, value in (("zoom_x", zoom_x), ("zoom_y", zoom_y), ("zoom_size", zoom_size)):
             check_range(name, value, *LIMITS[name], integer=name == "zoom_size")
-        prepared = prepare(path_in, sigma, seed, sigma_override, max_side)
+        prepared = prepare(image, sigma, seed, sigma_override, max_side)
         notices = list(prepared.notices)
         denoiser = None
         if any(m in DIFFUSION_METHODS for m in chosen):
@@ -539,14 +540,14 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         total = sum(r.seconds for r in results)
         yield (progress_html(1.0, tr.text("denoising.done", lang, n=len(results), seconds=total)),
                notice_text(), gallery_items, _table(tr, lang, noisy, results),
-               zoom_plot(finished, zx, zy, zsize, lang), path_items(tr, lang, multi) if multi else [],
+               zoom_plot(finished, zoom_x, zoom_y, zoom_size, lang), path_items(tr, lang, multi) if multi else [],
                summary(prepared.sigma, prepared.sigma_estimated, results, noisy), new_id)
 
     @guarded(tr)
-    def rezoom(current_id, zx, zy, zsize, lang):
-        if not current_id:
+    def rezoom(run_id, zoom_x, zoom_y, zoom_size, lang):
+        if not run_id:
             return gr.skip()
-        return zoom_plot(RESULTS.get(current_id), zx, zy, zsize, lang)
+        return zoom_plot(RESULTS.get(run_id), zoom_x, zoom_y, zoom_size, lang)
 
     inputs = [image, sigma, seed, methods, sigma_override, steps, eta, color, max_side, zoom_x, zoom_y, zoom_size,
               lang]
