@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +161,8 @@ class DiffusionDenoiser:
 
     @torch.no_grad()
     def multi_step(self, noisy: np.ndarray, sigma_255: float, steps: int = 10, eta: float = 0.0,
-                   seed: int = 0, color: str = DEFAULT_COLOR) -> MultiStepRun:
+                   seed: int = 0, color: str = DEFAULT_COLOR,
+                   on_step: Callable[[int, int], None] | None = None) -> MultiStepRun:
         """DDIM from τ* to the clean image (module docstring), ``steps`` network calls.
 
         Args:
@@ -170,6 +172,7 @@ class DiffusionDenoiser:
             eta: 0 for deterministic DDIM, 1 for DDPM-like fresh noise at each step.
             seed: Seeds the fresh noise when ``eta > 0``.
             color: ``"opponent"`` or ``"rgb"``.
+            on_step: Called as ``on_step(i, steps)`` after step ``i`` (1-based); it may raise to stop the run.
         """
         y, sigmas = self._planes(noisy, sigma_255, color)
         if sigma_255 <= 0:
@@ -194,6 +197,8 @@ class DiffusionDenoiser:
                 x = x + s * torch.randn(x.shape, generator=generator).to(self.device)
             predictions.append(from_channels(x0[:, 0].double().cpu().numpy(), color))
             frames.append(from_channels((x / a_prev.sqrt())[:, 0].double().cpu().numpy(), color))
+            if on_step is not None:
+                on_step(i + 1, steps)
         remaining = self.levels.sigma(grid[:, 0]) / self.levels.sigma(grid[0, 0])
         return MultiStepRun(frames[-1], grid[:, 0].tolist(), (sigma_255 * remaining).tolist(), frames, predictions)
 
@@ -268,7 +273,7 @@ def score(image: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
 
 def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndarray | None = None,
                denoiser: DiffusionDenoiser | None = None, steps: int = 10, eta: float = 0.0, seed: int = 0,
-               color: str = DEFAULT_COLOR) -> MethodResult:
+               color: str = DEFAULT_COLOR, on_step: Callable[[int, int], None] | None = None) -> MethodResult:
     """Run one method on ``noisy`` (``[0, 1]`` scale) at noise level ``sigma_255`` and score it.
 
     Args:
@@ -276,6 +281,7 @@ def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndar
         clean: The uint8 clean image when known, for PSNR and SSIM.
         steps, eta, seed: Multi-step settings (see :meth:`DiffusionDenoiser.multi_step`).
         color: Colour handling of the diffusion methods.
+        on_step: Progress callback of the multi-step method (see :meth:`DiffusionDenoiser.multi_step`).
     """
     from diffusion import classical  # scikit-image is slow to import
 
@@ -291,7 +297,7 @@ def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndar
     if name == "diffusion_one_step":
         out = denoiser.one_step(noisy, sigma_255, color)
     elif name == "diffusion_multi_step":
-        run = denoiser.multi_step(noisy, sigma_255, steps=steps, eta=eta, seed=seed, color=color)
+        run = denoiser.multi_step(noisy, sigma_255, steps=steps, eta=eta, seed=seed, color=color, on_step=on_step)
         out = run.image
         details.update(steps=steps, eta=eta)
     elif name == "gaussian_heat":

@@ -7,6 +7,7 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ LIMITS = {"sigma": (0, 100), "sigma_override": (0, 100), "seed": (0, 2**32 - 1),
 DEFAULTS = {"sigma": 25, "seed": 0, "sigma_override": 0, "steps": 10, "eta": 0.0, "color": DEFAULT_COLOR,
             "max_side": 384, "zoom_x": 50, "zoom_y": 50, "zoom_size": 64}
 DEFAULT_METHODS = list(METHODS)
+CLEAN_LOOKING_SIGMA = 3.0  # estimates below this come from texture and compression, not noise
 MAX_DECODE_SIDE = 2048  # an already-noisy upload is decoded up to this size, then cropped
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # the server's upload cap is lower; this guards direct calls
 PATH_FRAMES = 5  # multi-step frames shown
@@ -99,6 +101,7 @@ STRINGS = {
         "denoising.path_caption_end": "t = 0 · result",
         "denoising.adding": "Preparing the noisy image…",
         "denoising.running": "Running {method} ({i} of {n})…",
+        "denoising.step": "Step {i} / {n}.",
         "denoising.done": "Done: {n} methods in {seconds:.1f} s.",
         "denoising.stopped": "Stopped.",
         "denoising.levels": ("σ = {sigma:.1f} → in model units σ = 2·{sigma:.1f}/255 = {sigma_model:.4f} → "
@@ -106,7 +109,7 @@ STRINGS = {
         "denoising.synthetic": "Added Gaussian noise σ = {sigma:g} with seed {seed}; the estimator would have guessed σ ≈ {estimate:.1f}.",
         "denoising.estimated": "Your photo is treated as already noisy: estimated σ ≈ {estimate:.1f} (wavelet MAD rule).",
         "denoising.override": "Your photo is treated as already noisy: estimated σ ≈ {estimate:.1f}; you chose σ = {sigma:.1f}.",
-        "denoising.clean_looking": ("The estimated noise is tiny (σ ≈ {estimate:.1f}): the photo looks clean. "
+        "denoising.clean_looking": ("The estimated noise is small (σ ≈ {estimate:.1f}): the photo looks clean. "
                                     "Choose a σ above 0 to add noise."),
         "denoising.clamped": "σ was lowered to {sigma:g}, the highest level the denoiser was trained for.",
         "denoising.resized": "Your {w0}×{h0} image was shrunk to {w}×{h} (working size {max_side}).",
@@ -187,6 +190,7 @@ STRINGS = {
         "denoising.path_caption_end": "t = 0 · 结果",
         "denoising.adding": "正在准备带噪图像……",
         "denoising.running": "正在运行{method}（第 {i} 个，共 {n} 个）……",
+        "denoising.step": "第 {i} / {n} 步。",
         "denoising.done": "完成：{n} 种方法，用时 {seconds:.1f} 秒。",
         "denoising.stopped": "已停止。",
         "denoising.levels": ("σ = {sigma:.1f} → 模型单位 σ = 2·{sigma:.1f}/255 = {sigma_model:.4f} → "
@@ -327,7 +331,7 @@ def prepare(path: Any, sigma: Any, seed: Any, sigma_override: Any, max_side: Any
         notices.insert(0, ("denoising.override", {"estimate": estimate, "sigma": used}))
     else:
         notices.insert(0, ("denoising.estimated", {"estimate": estimate}))
-        if estimate < 1.0:
+        if estimate < CLEAN_LOOKING_SIGMA:
             notices.append(("denoising.clean_looking", {"estimate": estimate}))
     notices.append(("denoising.no_truth", {}))
     return Prepared(None, noisy, used, estimate, notices)
@@ -404,6 +408,44 @@ def _table(tr: Translator, lang: str, noisy: MethodResult, results: list[MethodR
 
 def _fmt(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+class Stopped(Exception):
+    """Raised inside a method's worker thread when the user pressed Stop."""
+
+
+def in_worker(work: Callable[[Callable[[int, int], None]], Any], interval: float = 0.25) -> Generator:
+    """Run ``work(on_step)`` in a thread; yield its latest ``(i, n)`` progress every ``interval`` s.
+
+    Returns (through ``yield from``) what ``work`` returned, or raises what it raised. If
+    the consumer stops iterating (Stop pressed, the event cancelled), the next ``on_step``
+    call raises :class:`Stopped`, so the thread ends after its current step.
+    """
+    state: dict[str, Any] = {"progress": None}
+    done, stop = threading.Event(), threading.Event()
+
+    def on_step(i: int, n: int) -> None:
+        state["progress"] = (i, n)
+        if stop.is_set():
+            raise Stopped
+
+    def main() -> None:
+        try:
+            state["result"] = work(on_step)
+        except BaseException as error:  # noqa: BLE001 - handed back to the streaming thread
+            state["error"] = error
+        finally:
+            done.set()
+
+    threading.Thread(target=main, daemon=True, name="denoise-method").start()
+    try:
+        while not done.wait(interval):
+            yield state["progress"]
+    finally:
+        stop.set()
+    if "error" in state:
+        raise state["error"]
+    return state["result"]
 
 
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
@@ -525,8 +567,25 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             text = tr.text("denoising.running", lang, method=tr.text(f"denoising.method.{method}", lang),
                            i=i + 1, n=len(chosen))
             yield (progress_html(i / len(chosen), text), skip, skip, skip, skip, skip, skip, skip)
-            result = run_method(method, prepared.noisy, prepared.sigma, clean=prepared.clean, denoiser=denoiser,
-                                steps=steps, eta=eta, seed=seed, color=color)
+
+            def work(on_step, method=method):
+                return run_method(method, prepared.noisy, prepared.sigma, clean=prepared.clean,
+                                  denoiser=denoiser, steps=steps, eta=eta, seed=seed, color=color, on_step=on_step)
+
+            runner = in_worker(work)
+            try:
+                while True:
+                    try:
+                        progress = next(runner)
+                    except StopIteration as finished:
+                        result = finished.value
+                        break
+                    if progress is not None:  # the multi-step method reports its steps
+                        step_text = text + " " + tr.text("denoising.step", lang, i=progress[0], n=progress[1])
+                        fraction = (i + progress[0] / progress[1]) / len(chosen)
+                        yield (progress_html(fraction, step_text), skip, skip, skip, skip, skip, skip, skip)
+            finally:
+                runner.close()  # cancelled: the worker stops after its current step
             results.append(result)
             gallery_items.append((_display(result.image), caption(tr, lang, result)))
             yield (skip, skip, gallery_items, _table(tr, lang, noisy, results), skip, skip, skip, skip)
@@ -557,6 +616,6 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         return progress_html(0.0, tr.text("denoising.stopped", lang))
 
     stop.click(stopped, [lang], status, js=LANG_JS, cancels=[event], queue=False, api_visibility="private")
-    gr.on([zoom_x.release, zoom_y.release, zoom_size.release], rezoom, [run_id, zoom_x, zoom_y, zoom_size, lang],
+    gr.on([zoom_x.input, zoom_y.input, zoom_size.input], rezoom, [run_id, zoom_x, zoom_y, zoom_size, lang],
           zoom, js=LANG_JS, api_name="denoise_zoom", concurrency_id="light", trigger_mode="always_last",
           show_progress="hidden")

@@ -119,10 +119,11 @@ def test_every_tab_opens_in_the_browser_language(session):
             session.wait_for_json("noise-summary", r'"alpha_bar"')
         elif index == 3:
             session.page.locator("#sample-run").wait_for()
+        elif index == 4:
+            session.page.locator("#denoise-run").wait_for()
         else:
             notice = "Not available yet" if session.locale == "en" else "暂不可用"
-            key = ("denoising", "text2image")[index - 4]
-            session.page.locator(f"#tab-{key}").get_by_text(notice).wait_for()
+            session.page.locator("#tab-text2image").get_by_text(notice).wait_for()
         session.page.wait_for_timeout(300)
         session.shot(f"{index}-{name.split(' · ')[1].replace(' ', '_')}")
     session.assert_clean()
@@ -221,6 +222,56 @@ def test_sampling_streams_stops_and_scrubs(session):
     page.locator("#sample-gif-btn").click()
     page.locator("#sample-gif a, #sample-gif .file-preview").first.wait_for()
     session.assert_clean()
+
+
+def test_denoising_upload_compare_zoom_and_bad_files(session, tmp_path):
+    page = session.page
+    zh = session.locale == "zh-CN"
+    session.open_tab(TAB_NAMES[session.locale][3])
+    photo = next(p for p in list_examples() if p.name == "coffee.png")
+    page.locator("#denoise-image input[type=file]").set_input_files(str(photo))
+    page.locator("#denoise-image img").first.wait_for()
+    # Keep it quick: a small working size, few DDIM steps, no BM3D.
+    page.locator("#denoise-options").get_by_text("更多选项" if zh else "More options").first.click()
+    session.set_slider("denoise-max-side", 128)
+    session.set_slider("denoise-steps", 4)
+    page.locator("#denoise-methods").get_by_text("BM3D（较慢）" if zh else "BM3D (slow)").click()
+    session.set_slider("denoise-sigma", 30)
+    page.locator("#denoise-run").click()
+    session.wait_for_json("denoise-summary", r'"sigma":30,.*"diffusion_one_step":\{\d*"psnr":\d')
+    assert "bm3d" not in session.json_text("denoise-summary")
+    assert page.locator("#denoise-gallery img").count() >= 7  # clean, noisy and five methods
+    assert ("完成" if zh else "Done") in page.locator("#denoise-status").inner_text()
+    page.locator("#denoise-zoom img").wait_for()
+    page.locator("#denoise-path img").first.wait_for()
+    session.shot("denoising-done")
+    # Move the zoom: only the zoom figure is redrawn.
+    before = page.locator("#denoise-zoom img").get_attribute("src")
+    summary = session.json_text("denoise-summary")
+    session.set_slider("denoise-zoom-x", 20)
+    page.wait_for_function(
+        "(old) => { const img = document.querySelector('#denoise-zoom img'); return img && img.src !== old; }",
+        arg=before)
+    assert session.json_text("denoise-summary") == summary
+    session.assert_clean()
+    # An already-noisy photo: σ = 0 estimates the noise and shows the estimate.
+    session.set_slider("denoise-sigma", 0)
+    page.locator("#denoise-run").click()
+    page.locator("#denoise-notice").get_by_text(re.compile("估计" if zh else "estimated σ")).first.wait_for()
+    session.wait_for_json("denoise-summary", r'"diffusion_one_step":\{\d*"psnr":null')  # no clean original
+    page.locator("#denoise-status").get_by_text(re.compile("完成" if zh else "Done")).wait_for()
+    session.assert_clean()
+    # A file that is not a picture: a clear message, and the tab keeps working.
+    fake = tmp_path / "homework.png"
+    fake.write_text("this is not a picture")
+    page.locator("#denoise-image input[type=file]").set_input_files(str(fake))
+    page.wait_for_timeout(500)
+    page.locator("#denoise-run").click()
+    page.locator('[data-testid="toast-body"].error').first.wait_for()
+    message = " ".join(session.error_toasts())
+    assert ("无法" in message) if zh else ("could not be read as an image" in message)
+    session.dismiss_toasts()
+    session.shot("denoising-bad-file")
 
 
 def test_sampling_compare_in_the_browser(browser, app_server):

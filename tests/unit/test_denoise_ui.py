@@ -147,3 +147,45 @@ def test_the_result_store_is_bounded_and_ids_are_unguessable():
     for bad in (None, 3, "../etc/passwd"):
         with pytest.raises(InputError):
             store.get(bad)
+
+
+def test_methods_run_in_a_worker_that_reports_progress_and_stops_when_closed():
+    import threading
+    import time
+
+    def work(on_step):
+        for i in range(1, 4):
+            time.sleep(0.05)
+            on_step(i, 3)
+        return "result"
+
+    runner = tab.in_worker(work, interval=0.01)
+    seen = []
+    while True:
+        try:
+            seen.append(next(runner))
+        except StopIteration as finished:
+            assert finished.value == "result"
+            break
+    assert (3, 3) in seen or (2, 3) in seen
+
+    ended = threading.Event()
+
+    def endless(on_step):
+        try:
+            for i in range(10_000):
+                time.sleep(0.01)
+                on_step(i, 10_000)
+        finally:
+            ended.set()
+
+    runner = tab.in_worker(endless, interval=0.01)
+    next(runner)
+    runner.close()  # what a cancelled event does
+    assert ended.wait(2.0)
+
+    def failing(on_step):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        list(tab.in_worker(failing, interval=0.01))
