@@ -5,6 +5,7 @@ Usage::
     python -m diffusion.bench heat [--repeat N]
     python -m diffusion.bench noising [--moves N]
     python -m diffusion.bench sampling [--model-dir DIR | --random-tiny] [--repeat N]
+    python -m diffusion.bench denoise [--size 384] [--repeat N]
 
 Subcommands:
 
@@ -28,6 +29,12 @@ sampling
     diffusers loop with the same scheduler, seed and guidance batching (best of
     ``--repeat``, alternating, with their largest pixel difference; exit status 1
     if they disagree); (b) DDIM with ``--steps`` steps against DDPM with all T steps.
+
+denoise
+    Lesson 4's comparison on a colour photo (scikit-image's astronaut) at the tab's working size, σ = 25:
+    wall and CPU seconds of every method (best of ``--repeat``), each also as a ratio
+    to BM3D, plus the model's first-call (cold) time. Quality is measured by
+    ``python -m diffusion.evaluate denoise``.
 
 Each subcommand is a ``_add_<name>`` function that registers its parser and sets
 ``func``; further lessons add theirs to ``SUBCOMMANDS``.
@@ -313,7 +320,57 @@ def _add_sampling(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_sampling)
 
 
-SUBCOMMANDS = (_add_heat, _add_noising, _add_sampling)
+def run_denoise(args: argparse.Namespace) -> int:
+    """Time each method of lesson 4 on one photo, side by side, in one run."""
+    import torch
+
+    from diffusion import classical, images, models
+    from diffusion.denoising import METHODS, add_noise, run_method
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from skimage import data  # the 512x512 original of the bundled example
+
+    pixels, _ = images.load_image(data.astronaut(), max_side=args.size)
+    clean = np.clip(np.rint((pixels + 1) * 127.5), 0, 255).astype(np.uint8)
+    noisy = add_noise(clean, 25.0, seed=0)
+    start = time.perf_counter()
+    denoiser = models.load_denoiser("cpu", args.model_dir)
+    load_s = time.perf_counter() - start
+    methods = [m for m in METHODS if m != "bm3d" or classical.bm3d_available()]
+    rows = {}
+    for method in methods:
+        runs = [run_method(method, noisy, 25.0, clean=clean, denoiser=denoiser, steps=args.steps)
+                for _ in range(args.repeat + (1 if method.startswith("diffusion") else 0))]
+        cold = runs[0].seconds
+        runs = runs[1:] if method.startswith("diffusion") else runs  # the first network call warms up
+        best = min(runs, key=lambda r: r.seconds)
+        rows[method] = (best.seconds, min(r.cpu_seconds for r in runs), best.psnr, cold)
+    print(f"Lesson 4 on skimage's astronaut at {clean.shape[1]}x{clean.shape[0]}, sigma = 25, "
+          f"torch threads {torch.get_num_threads()}; model load {load_s:.2f} s")
+    ref = rows.get("bm3d")
+    print(f"{'method':<22}{'wall s':>9}{'CPU s':>9}{'PSNR dB':>9}  {'BM3D CPU / this CPU':>20}")
+    for method, (wall, cpu, psnr, cold) in rows.items():
+        ratio = f"{ref[1] / cpu:.1f}x" if ref and cpu > 0 else "-"
+        print(f"{method:<22}{wall:>9.3f}{cpu:>9.3f}{psnr:>9.2f}  {ratio:>20}")
+    print(f"one click with every method: {sum(r[0] for r in rows.values()):.2f} s; "
+          f"first one-step call (cold): {rows['diffusion_one_step'][3]:.2f} s")
+    return 0
+
+
+def _add_denoise(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "denoise", help="time of every lesson-4 method on one photo",
+        description="Lesson 4: wall and CPU time of each denoiser on a colour photo, with ratios to BM3D.")
+    parser.add_argument("--size", type=_positive_int, default=384, help="longest side (default 384, the tab's)")
+    parser.add_argument("--steps", type=_positive_int, default=10, help="multi-step DDIM steps (default 10)")
+    parser.add_argument("--repeat", type=_positive_int, default=3, help="runs per method, best shown (default 3)")
+    parser.add_argument("--model-dir", help="a denoiser folder instead of the shipped one")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run_denoise)
+
+
+SUBCOMMANDS = (_add_heat, _add_noising, _add_sampling, _add_denoise)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -93,6 +93,16 @@ class Session:
         box.fill(str(value))
         box.press("Enter")
 
+    def slide_redraws_only(self, slider_id: str, value: float, plot_id: str, summary_id: str) -> None:
+        """Move a slider; the plot's picture must change while the summary stays as it was."""
+        before = self.page.locator(f"#{plot_id} img").get_attribute("src")
+        summary = self.json_text(summary_id)
+        self.set_slider(slider_id, value)
+        self.page.wait_for_function(
+            "([id, old]) => { const img = document.querySelector('#' + id + ' img'); return img && img.src !== old; }",
+            arg=[plot_id, before])
+        assert self.json_text(summary_id) == summary
+
     def choose(self, elem_id: str, option: str) -> None:
         self.page.locator(f"#{elem_id} input").click()
         self.page.get_by_role("option", name=option, exact=True).click()
@@ -143,13 +153,7 @@ def test_heat_presets_stability_and_scrubbing(session):
     session.choose("heat-preset", cn)
     session.wait_for_json("heat-summary", r'"blew_up":false')
     # Scrub the time slider: the profile plot is redrawn without a new simulation.
-    before = page.locator("#heat-profile img").get_attribute("src")
-    summary_before = session.json_text("heat-summary")
-    session.set_slider("heat-time", 6)
-    page.wait_for_function(
-        "(old) => { const img = document.querySelector('#heat-profile img'); return img && img.src !== old; }",
-        arg=before)
-    assert session.json_text("heat-summary") == summary_before
+    session.slide_redraws_only("heat-time", 6, "heat-profile", "heat-summary")
     session.assert_clean()
 
 
@@ -246,13 +250,7 @@ def test_denoising_upload_compare_zoom_and_bad_files(session, tmp_path):
     page.locator("#denoise-path img").first.wait_for()
     session.shot("denoising-done")
     # Move the zoom: only the zoom figure is redrawn.
-    before = page.locator("#denoise-zoom img").get_attribute("src")
-    summary = session.json_text("denoise-summary")
-    session.set_slider("denoise-zoom-x", 20)
-    page.wait_for_function(
-        "(old) => { const img = document.querySelector('#denoise-zoom img'); return img && img.src !== old; }",
-        arg=before)
-    assert session.json_text("denoise-summary") == summary
+    session.slide_redraws_only("denoise-zoom-x", 20, "denoise-zoom", "denoise-summary")
     session.assert_clean()
     # An already-noisy photo: σ = 0 estimates the noise and shows the estimate.
     session.set_slider("denoise-sigma", 0)
