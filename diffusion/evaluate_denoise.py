@@ -6,7 +6,8 @@ point without clipping, one seeded noise draw per image and σ (the same draw
 for every method). Each method's output is clipped and rounded to 8 bits, and
 PSNR and SSIM are measured on those pixels, averaged over the images of a set.
 CPU seconds per image are the process CPU time of each call (all threads), so
-methods are compared on the work they do, not on how many cores they use.
+methods are compared on the work they do, not on how many cores they use; the
+network runs once untimed on the first image of each size (its kernels are built then).
 
 Subcommands:
 
@@ -74,10 +75,16 @@ def evaluate_set(images: list[tuple[str, np.ndarray]], sigmas: Sequence[float], 
         ``{sigma: {method: {"psnr", "ssim", "cpu_seconds", "seconds"}}}``.
     """
     table: dict = {}
+    warm: set = set()
     for sigma in sigmas:
         rows: dict[str, list] = {name: [] for name in ("noisy", *methods)}
         for index, (name, clean) in enumerate(images):
             noisy = add_noise(clean, sigma, noise_seed(seed, sigma, index), quantise=False)
+            if clean.shape not in warm:  # oneDNN builds its kernels on the first call of a size
+                warm.add(clean.shape)
+                for method in methods:
+                    if method.startswith("diffusion"):
+                        run_method(method, noisy, sigma, denoiser=denoiser, steps=1)
             rows["noisy"].append((*score(to_uint8(noisy), clean), 0.0, 0.0))
             for method in methods:
                 result = run_method(method, noisy, sigma, clean=clean, denoiser=denoiser, steps=steps, seed=seed)
@@ -116,6 +123,7 @@ def run_denoise(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods if m != "bm3d" or classical.bm3d_available()]
     denoiser = DiffusionDenoiser.from_folder(args.model_dir) if any(m.startswith("diffusion") for m in methods) else None
     report: dict = {"model": str(Path(args.model_dir).name), "seed": args.seed, "steps": args.steps,
+                    "precision": denoiser.precision if denoiser else None,
                     "torch_threads": torch.get_num_threads(), "sets": {}, "images": {}}
     started = time.perf_counter()
     for set_name in args.sets:
@@ -128,6 +136,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         report["cpu_ratio_bm3d_over_one_step"] = {
             s: {sigma: round(t[sigma]["bm3d"]["cpu_seconds"] / t[sigma]["diffusion_one_step"]["cpu_seconds"], 1)
                 for sigma in t} for s, t in report["sets"].items()}
+    print(f"network precision: {report['precision']}, torch threads: {report['torch_threads']}")
     print(markdown_tables(report))
     if "cpu_ratio_bm3d_over_one_step" in report:
         print("CPU time, BM3D ÷ one-step diffusion:", json.dumps(report["cpu_ratio_bm3d_over_one_step"]))
@@ -161,8 +170,9 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_color(args: argparse.Namespace) -> int:
     """``denoise-color``: one-step PSNR with per-RGB-channel vs opponent-space denoising on colour photos."""
     denoiser = DiffusionDenoiser.from_folder(args.model_dir)
-    images = [(n, a) for n, a in load_folder(Path(args.folder), mode="RGB")
-              if not (np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]))]
+    images = [(n, a) for n, a in load_folder(Path(args.folder), mode="RGB")  # clean colour photos only
+              if not Path(n).stem.endswith("-noisy")
+              and not (np.array_equal(a[:, :, 0], a[:, :, 1]) and np.array_equal(a[:, :, 1], a[:, :, 2]))]
     print("| image | σ | rgb PSNR | opponent PSNR |\n|---|---|---|---|")
     totals = {"rgb": [], "opponent": []}
     for sigma in args.sigmas:

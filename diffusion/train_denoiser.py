@@ -57,7 +57,7 @@ SCALES = (1.0, 0.9, 0.8, 0.7)  # DnCNN's training scales (Zhang et al. 2017)
 VALIDATION_SIGMAS = (15, 25, 50)
 SIGMA_REF = float(sigma_to_model(25.0))
 RUN_KEYS = ("channels", "layers_per_block", "unshuffle", "batch_size", "patch", "sigma_max", "lr", "warmup",
-            "seed", "val_images", "split_seed", "ema_decay", "weight_decay", "grad_clip")
+            "seed", "val_images", "split_seed", "ema_decay", "weight_decay", "grad_clip", "init")
 
 
 def load_grey_folder(folder: str | Path, max_images: int = 5000) -> tuple[list[np.ndarray], list[str]]:
@@ -179,6 +179,14 @@ def run_denoiser(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     unet = build_denoiser_unet(args.channels, args.layers_per_block, args.unshuffle,
                                args.patch // args.unshuffle).to(device)
+    if args.init:  # fine-tune an exported denoiser: same architecture, its weights as the start
+        start = UNet2DModel.from_pretrained(Path(args.init), subfolder="unet", use_safetensors=True,
+                                            local_files_only=True)
+        try:
+            unet.load_state_dict(start.state_dict())
+        except RuntimeError:
+            raise InputError("init_mismatch", "{path} is not a denoiser with these --channels, "
+                             "--layers-per-block and --unshuffle.", path=str(args.init)) from None
     ema = train.EMA(unet, args.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
@@ -191,7 +199,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
                  "weights_mb_fp32": round(n_params * 4 / 1e6, 2), "hardware": train.hardware_info(device),
                  "unet_config": dict(unet.config), "scheduler_config": dict(scheduler.config),
                  "data": {"name": Path(args.data_dir).resolve().name, "images": len(images),
-                          "train": len(train_idx), "validation": len(val_idx),
+                          "train": len(train_idx), "validation": len(val_idx), "init": args.init,
                           "patches_per_step": args.batch_size, "patch": args.patch}}
 
     def one_step(step: int) -> float:
@@ -239,6 +247,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-images", type=train._non_negative_int, default=10,
                         help="images held out for validation (default 10)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out choice (default 0)")
+    parser.add_argument("--init", help="start from the weights of an exported denoiser folder (fine-tuning)")
     parser.add_argument("--validate-every", type=train._non_negative_int, default=500,
                         help="steps between validations; 0: none (default 500)")
     parser.set_defaults(func=run_denoiser)

@@ -32,7 +32,7 @@ def levels(scheduler):
 def tiny_denoiser(scheduler):
     torch.manual_seed(0)
     unet = build_denoiser_unet((8, 16), layers_per_block=1, unshuffle=2, sample_size=16)
-    return DiffusionDenoiser(unet, dict(scheduler.config))
+    return DiffusionDenoiser(unet, dict(scheduler.config), precision="fp32")  # exact comparisons
 
 
 def test_levels_match_the_scheduler_at_integer_timesteps(levels, scheduler):
@@ -205,3 +205,18 @@ def test_noise_is_seeded_and_scores_are_those_of_the_returned_pixels(tiny_denois
         run_method("diffusion_one_step", a, 20)
     with pytest.raises(ValueError):
         run_method("median", a, 20)
+
+
+def test_reduced_precision_changes_the_result_only_slightly(tiny_denoiser, scheduler):
+    from diffusion.denoising import choose_precision
+
+    assert choose_precision(torch.device("cpu"), "fp32") == "fp32"
+    assert choose_precision(torch.device("cuda"), "auto") == "fp16"
+    assert choose_precision(torch.device("cpu"), "auto") in ("fp32", "bf16")
+    with pytest.raises(ValueError):
+        choose_precision(torch.device("cpu"), "int4")
+    fast = DiffusionDenoiser(tiny_denoiser.unet, dict(scheduler.config), precision="bf16")
+    clean = np.random.default_rng(8).integers(0, 256, (32, 32, 1)).astype(np.uint8)
+    noisy = add_noise(clean, 25, seed=0)
+    exact, approx = tiny_denoiser.one_step(noisy, 25), fast.one_step(noisy, 25)
+    assert approx.dtype == np.float64 and np.abs(approx - exact).max() < 0.01

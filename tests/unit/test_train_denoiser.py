@@ -119,3 +119,21 @@ def test_evaluate_denoise_reports_every_method_on_each_set(tmp_path, capsys):
     assert all(row["cpu_seconds"] >= 0 for row in table.values())
     printed = capsys.readouterr().out
     assert "| gaussian_heat |" in printed and "σ = 25" in printed
+
+
+def test_fine_tuning_starts_from_an_exported_denoiser(tmp_path):
+    data = _images(tmp_path / "train")
+    first, tuned, export = tmp_path / "first", tmp_path / "tuned", tmp_path / "export"
+    assert train.main(["denoiser", "--data-dir", str(data), "--steps", "2", "--out", str(first), *TINY,
+                       "--export", str(export)]) == 0
+    # learning rate 0: the fine-tuned weights must be exactly the exported ones
+    assert train.main(["denoiser", "--data-dir", str(data), "--steps", "1", "--out", str(tuned), *TINY,
+                       "--lr", "0", "--init", str(export)]) == 0
+    start = DiffusionDenoiser.from_folder(export).unet.state_dict()
+    weights = load_file(tuned / "checkpoint" / "unet.safetensors")
+    for key, value in start.items():
+        torch.testing.assert_close(weights[key], value.contiguous(), rtol=0, atol=0)
+    assert json.loads((tuned / "train_info.json").read_text())["data"]["init"] == str(export)
+    wrong = [a if a != "8,16" else "8,32" for a in TINY]
+    assert train.main(["denoiser", "--data-dir", str(data), "--steps", "1", "--out", str(tmp_path / "x"), *wrong,
+                       "--init", str(export)]) == 2
