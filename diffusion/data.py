@@ -149,8 +149,50 @@ def image_folder(path: str | Path, size: int = IMAGE_SIZE, invert: str = "auto",
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def _labelled_files(folder: Path) -> list[tuple[Path, int]]:
-    class_dirs = [d for d in folder.iterdir() if d.name in {str(c) for c in range(NUM_CLASSES)}
+def photo_folder(path: str | Path, mode: str = "L", limit: int = 0,
+                 max_images: int = MAX_FOLDER_IMAGES) -> list[tuple[str, np.ndarray]]:
+    """The photos directly in a folder, at full size: ``(file name, uint8 (H, W, C))`` by name.
+
+    The same safeguards as :func:`image_folder` (regular files with an image suffix, no
+    links, at most :data:`MAX_FILE_BYTES`, decoded by :func:`diffusion.images.load_image`
+    with its pixel cap, EXIF orientation and mode handling); unreadable files are
+    skipped with a warning.
+
+    Args:
+        path: The folder.
+        mode: ``"L"`` (grey, C = 1) or ``"RGB"`` (C = 3).
+        limit: Read only the first ``limit`` files (0: all).
+        max_images: Refuse folders with more image files than this.
+
+    Raises:
+        InputError: ``folder_missing``, ``folder_too_many`` or ``folder_empty``.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError("folder_missing", "There is no folder at {path}.", path=str(folder))
+    files = [f for f, _ in _labelled_files(folder, classes=False)]
+    if len(files) > max_images:
+        raise InputError("folder_too_many", "The folder holds {count} images; at most {limit} are read.",
+                         count=len(files), limit=max_images)
+    photos, skipped = [], 0
+    for file in files[:limit or None]:
+        try:
+            if file.stat().st_size > MAX_FILE_BYTES:
+                raise InputError("image_too_large", "file too large")
+            pixels, _ = load_image(file, max_side=4096, mode=mode)
+        except InputError:
+            skipped += 1
+            continue
+        photos.append((file.name, np.rint((pixels + 1.0) * 127.5).astype(np.uint8)))
+    if skipped:
+        warnings.warn(f"{skipped} file(s) in {folder} could not be read and were skipped", stacklevel=2)
+    if not photos:
+        raise InputError("folder_empty", "No readable image was found in {path}.", path=str(folder))
+    return photos
+
+
+def _labelled_files(folder: Path, classes: bool = True) -> list[tuple[Path, int]]:
+    class_dirs = [d for d in folder.iterdir() if classes and d.name in {str(c) for c in range(NUM_CLASSES)}
                   and d.is_dir() and not d.is_symlink()]
     if class_dirs:
         pairs = [(f, int(d.name)) for d in class_dirs for f in d.iterdir()]

@@ -34,7 +34,7 @@ network channel by channel (see :mod:`diffusion.denoising`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -153,7 +153,9 @@ def predict_noise(unet: UNet2DModel, x_t: torch.Tensor, tau: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def tweedie(unet: UNet2DModel, levels: NoiseLevels, y: torch.Tensor, sigma_model: float) -> torch.Tensor:
+def tweedie(unet: UNet2DModel, levels: NoiseLevels, y: torch.Tensor, sigma_model: float | np.ndarray,
+            predict: Callable[[UNet2DModel, torch.Tensor, torch.Tensor], torch.Tensor] = predict_noise,
+            ) -> torch.Tensor:
     """One-step MMSE denoising by Tweedie's formula (Efron 2011; DDPM eq. 15 solved for x_0).
 
     For ``y = x_0 + σ ε`` the posterior mean is ``E[x_0 | y] = y + σ² ∇ log p(y)``,
@@ -166,14 +168,18 @@ def tweedie(unet: UNet2DModel, levels: NoiseLevels, y: torch.Tensor, sigma_model
         unet: The denoiser network.
         levels: The σ ↔ τ map of its schedule.
         y: Noisy images ``(N, 1, H, W)`` in model units (``[-1, 1]`` plus noise).
-        sigma_model: The noise level σ in model units (``2 σ_255 / 255``).
+        sigma_model: The noise level σ in model units (``2 σ_255 / 255``), one for all
+            images or one per image (shape ``(N,)``).
+        predict: Computes ε_θ(x, τ); :func:`predict_noise` unless the caller wraps it
+            (precision, locking).
 
     Returns:
         x̂_0, same shape as ``y`` (not clipped).
     """
-    if sigma_model <= 0:
+    sigmas = np.broadcast_to(np.asarray(sigma_model, dtype=np.float64), (y.shape[0],)).copy()
+    if np.all(sigmas <= 0):
         return y.clone()
-    abar = 1.0 / (1.0 + sigma_model**2)
-    tau = torch.full((y.shape[0],), float(levels.tau(sigma_model)), device=y.device)
-    eps = predict_noise(unet, y * abar**0.5, tau)
-    return y - sigma_model * eps
+    s = torch.from_numpy(sigmas).float().view(-1, 1, 1, 1).to(y.device)
+    tau = torch.from_numpy(levels.tau(sigmas)).float().to(y.device)
+    eps = predict(unet, y * (1.0 + s**2).rsqrt(), tau)  # √ᾱ = 1 / √(1 + σ²)
+    return y - s * eps

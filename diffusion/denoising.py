@@ -49,6 +49,7 @@ from diffusion.denoiser_net import (
     NoiseLevels,
     predict_noise,
     sigma_to_model,
+    tweedie,
     unshuffle_factor,
 )
 
@@ -185,14 +186,10 @@ class DiffusionDenoiser:
         Returns:
             ``(H, W, C)`` on the ``[0, 1]`` scale, not clipped.
         """
-        y, sigmas = self._planes(noisy, sigma_255, color)
         if sigma_255 <= 0:
             return noisy.astype(np.float64, copy=True)
-        abar = torch.from_numpy(1.0 / (1.0 + sigmas**2)).float().view(-1, 1, 1, 1).to(self.device)
-        tau = torch.from_numpy(self.levels.tau(sigmas)).float().to(self.device)
-        s = torch.from_numpy(sigmas).float().view(-1, 1, 1, 1).to(self.device)
-        eps = self._eps(y * abar.sqrt(), tau)
-        x0 = y - s * eps
+        y, sigmas = self._planes(noisy, sigma_255, color)
+        x0 = tweedie(self.unet, self.levels, y, sigmas, predict=lambda _, x, tau: self._eps(x, tau))
         return from_channels(x0[:, 0].double().cpu().numpy(), color)
 
     @torch.inference_mode()
@@ -210,10 +207,10 @@ class DiffusionDenoiser:
             color: ``"opponent"`` or ``"rgb"``.
             on_step: Called as ``on_step(i, steps)`` after step ``i`` (1-based); it may raise to stop the run.
         """
-        y, sigmas = self._planes(noisy, sigma_255, color)
         if sigma_255 <= 0:
             image = noisy.astype(np.float64, copy=True)
             return MultiStepRun(image, [-1.0], [0.0], [image], [image])
+        y, sigmas = self._planes(noisy, sigma_255, color)
         tau_star = self.levels.tau(sigmas)  # (C,)
         grid = np.linspace(tau_star, -1.0, steps + 1)  # (steps + 1, C)
         abars = self.levels.alpha_bar(grid)

@@ -34,10 +34,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from diffusion import classical
-from diffusion.denoising import (METHODS, DiffusionDenoiser, add_noise, run_method, score, to_uint8)
+from diffusion import classical, data
+from diffusion.denoising import (
+    METHODS,
+    DiffusionDenoiser,
+    add_noise,
+    run_method,
+    score,
+    to_uint8,
+)
+from diffusion.errors import InputError
 from diffusion.models import MODELS_DIR
 
 DEFAULT_MODEL = MODELS_DIR / "photo-denoiser"
@@ -48,18 +55,10 @@ EXAMPLES_DIR = MODELS_DIR.parent / "examples"
 
 def load_folder(folder: Path, mode: str = "L", limit: int = 0) -> list[tuple[str, np.ndarray]]:
     """``(name, uint8 (H, W, C))`` for each image of ``folder``, sorted by name."""
-    suffixes = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in suffixes)
-    if limit:
-        files = files[:limit]
-    if not files:
-        raise SystemExit(f"no images in {folder}")
-    out = []
-    for path in files:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert(mode), dtype=np.uint8)
-        out.append((path.name, array[:, :, None] if array.ndim == 2 else array))
-    return out
+    try:
+        return data.photo_folder(folder, mode=mode, limit=limit)
+    except InputError as error:
+        raise SystemExit(str(error)) from None
 
 
 def noise_seed(seed: int, sigma: float, index: int) -> int:

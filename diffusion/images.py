@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,23 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
     if image.mode != mode:
         image = image.convert(mode)
     return image
+
+
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a server's upload cap is lower; this guards direct calls
+
+
+def check_upload(path: Any) -> str:
+    """An uploaded file's path, refused before reading if it is missing, not a file or too big.
+
+    Raises:
+        InputError: ``image_missing`` or ``image_unreadable``.
+    """
+    if not path:
+        raise InputError("image_missing", "Please provide an image.")
+    path = str(path)
+    if not os.path.isfile(path) or os.path.getsize(path) > MAX_UPLOAD_BYTES:
+        raise _unreadable()
+    return path
 
 
 def load_image(source: Any, *, max_side: int = 256, mode: str = "RGB") -> tuple[np.ndarray, dict[str, Any]]:

@@ -140,15 +140,20 @@ def load_unet_model(name: str, device: torch.device | str = "cpu") -> tuple[UNet
     """
     spec = _spec(name)
     device = torch.device(device)
-    key = (name, str(spec.path), str(device))
+    return _load_once(name, spec.path, device, lambda: load_unet_folder(spec.path, device, name=name, spec=spec))
+
+
+def _load_once(name: str, path: Path, device: torch.device, load: Any) -> Any:
+    """``load()`` once per (name, folder, device), cached; a :class:`ModelUnavailable` is remembered."""
+    key = (name, str(path), str(device))
     with _lock:  # one load at a time: a second caller waits and then finds it cached
         if key not in _cache:
             try:
-                _cache[key] = load_unet_folder(spec.path, device, name=name, spec=spec)
+                _cache[key] = load()
             except ModelUnavailable as error:
-                _failed[(name, str(spec.path))] = str(error)
+                _failed[(name, str(path))] = str(error)
                 raise
-            _failed.pop((name, str(spec.path)), None)
+            _failed.pop((name, str(path)), None)
         return _cache[key]
 
 
@@ -159,11 +164,14 @@ def clear_cache() -> None:
         _failed.clear()
 
 
+def _missing_denoiser_file(path: Path) -> str | None:
+    return _missing_file(path) or (None if (path / "denoiser.json").is_file() else "denoiser.json is missing")
+
+
 def denoiser_available(path: Path | None = None) -> bool:
     """Whether lesson 4's denoiser folder is complete and has not failed to load. Loads nothing."""
     path = Path(path or DENOISER_PATH)
-    return (_missing_file(path) is None and (path / "denoiser.json").is_file()
-            and (DENOISER, str(path)) not in _failed)
+    return _missing_denoiser_file(path) is None and (DENOISER, str(path)) not in _failed
 
 
 def load_denoiser(device: torch.device | str = "cpu", path: Path | None = None) -> DiffusionDenoiser:
@@ -173,20 +181,15 @@ def load_denoiser(device: torch.device | str = "cpu", path: Path | None = None) 
         ModelUnavailable: The folder is missing, incomplete or corrupt (remembered).
     """
     path = Path(path or DENOISER_PATH)
-    key = (DENOISER, str(path), str(torch.device(device)))
-    with _lock:
-        if key not in _cache:
-            missing = _missing_file(path) or (None if (path / "denoiser.json").is_file() else "denoiser.json is missing")
-            try:
-                if missing:
-                    raise ModelUnavailable(DENOISER, path, missing)
-                try:
-                    _cache[key] = DiffusionDenoiser.from_folder(path, device)
-                except Exception as error:  # JSON, safetensors, shape or config errors: a corrupt folder
-                    raise ModelUnavailable(DENOISER, path,
-                                           f"it could not be loaded ({type(error).__name__})") from error
-            except ModelUnavailable as error:
-                _failed[(DENOISER, str(path))] = str(error)
-                raise
-            _failed.pop((DENOISER, str(path)), None)
-        return _cache[key]
+    device = torch.device(device)
+
+    def load() -> DiffusionDenoiser:
+        missing = _missing_denoiser_file(path)
+        if missing:
+            raise ModelUnavailable(DENOISER, path, missing)
+        try:
+            return DiffusionDenoiser.from_folder(path, device)
+        except Exception as error:  # JSON, safetensors, shape or config errors: a corrupt folder
+            raise ModelUnavailable(DENOISER, path, f"it could not be loaded ({type(error).__name__})") from error
+
+    return _load_once(DENOISER, path, device, load)

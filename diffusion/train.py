@@ -191,13 +191,23 @@ def train_step(unet: UNet2DModel, ema: EMA, optimizer: torch.optim.Optimizer, lr
     Returns:
         The batch loss before the update.
     """
-    loss = ddpm_loss(unet, scheduler, x0, labels, generator)
+    return optimise(unet, ema, optimizer, lr_schedule, ddpm_loss(unet, scheduler, x0, labels, generator),
+                    step, grad_clip)
+
+
+def optimise(model: torch.nn.Module, ema: EMA, optimizer: torch.optim.Optimizer, lr_schedule: Any,
+             loss: torch.Tensor, step: int, grad_clip: float = 1.0) -> float:
+    """Back-propagate ``loss``, clip the gradient norm, step AdamW and the schedule, update the EMA.
+
+    Returns:
+        The loss before the update.
+    """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(unet.parameters(), grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     lr_schedule.step()
-    ema.update(unet, step)
+    ema.update(model, step)
     return loss.item()
 
 

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from PIL import Image, ImageOps
+from PIL import Image
 
-from diffusion import train
+from diffusion import data, train
 from diffusion.denoiser_net import (
     SIGMA_MAX_255,
     NoiseLevels,
@@ -52,7 +52,6 @@ from diffusion.errors import InputError
 from diffusion.noising import make_scheduler
 
 TEST_SET_NAMES = ("bsd68", "cbsd68", "set12", "set14", "kodak24", "mcmaster", "urban100", "mcmaster18")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SCALES = (1.0, 0.9, 0.8, 0.7)  # DnCNN's training scales (Zhang et al. 2017)
 VALIDATION_SIGMAS = (15, 25, 50)
 SIGMA_REF = float(sigma_to_model(25.0))
@@ -61,7 +60,7 @@ RUN_KEYS = ("channels", "layers_per_block", "unshuffle", "batch_size", "patch", 
 
 
 def load_grey_folder(folder: str | Path, max_images: int = 5000) -> tuple[list[np.ndarray], list[str]]:
-    """Every image of ``folder`` (sorted by name) as a grey uint8 array, upright per EXIF.
+    """Every image of ``folder`` (sorted by name) as a grey uint8 array (see :func:`diffusion.data.photo_folder`).
 
     Raises:
         InputError: The folder is missing, empty, too big, or named like a test set.
@@ -70,18 +69,8 @@ def load_grey_folder(folder: str | Path, max_images: int = 5000) -> tuple[list[n
     if folder.resolve().name.lower() in TEST_SET_NAMES:
         raise InputError("test_set", "{name} is a test set: train on BSD400 or your own images, "
                          "never on the images you evaluate on.", name=folder.name)
-    if not folder.is_dir():
-        raise InputError("folder_missing", "{path} is not a folder.", path=str(folder))
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError("folder_empty", "{path} holds no images.", path=str(folder))
-    if len(files) > max_images:
-        raise InputError("folder_large", "{path} holds more than {n} images.", path=str(folder), n=max_images)
-    images = []
-    for path in files:
-        with Image.open(path) as image:
-            images.append(np.asarray(ImageOps.exif_transpose(image).convert("L"), dtype=np.uint8))
-    return images, [p.name for p in files]
+    photos = data.photo_folder(folder, mode="L", max_images=max_images)
+    return [grey[:, :, 0] for _, grey in photos], [name for name, _ in photos]
 
 
 class PatchSampler:
@@ -206,14 +195,8 @@ def run_denoiser(args: argparse.Namespace) -> int:
         generator = train.step_generator(args.seed, step)
         rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, step]))
         x0 = sampler.sample(args.batch_size, rng).to(device)
-        loss = denoiser_loss(unet, levels, x0, args.sigma_max, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), args.grad_clip)
-        optimizer.step()
-        lr_schedule.step()
-        ema.update(unet, step)
-        return loss.item()
+        return train.optimise(unet, ema, optimizer, lr_schedule,
+                              denoiser_loss(unet, levels, x0, args.sigma_max, generator), step, args.grad_clip)
 
     def periodic(step: int) -> None:
         scores = validate(ema.model, levels, val_images, args.seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 from collections import OrderedDict
@@ -32,7 +31,6 @@ DEFAULTS = {"sigma": 25, "seed": 0, "sigma_override": 0, "steps": 10, "eta": 0.0
 DEFAULT_METHODS = list(METHODS)
 CLEAN_LOOKING_SIGMA = 3.0  # estimates below this come from texture and compression, not noise
 MAX_DECODE_SIDE = 2048  # an already-noisy upload is decoded up to this size, then cropped
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # the server's upload cap is lower; this guards direct calls
 PATH_FRAMES = 5  # multi-step frames shown
 RESULTS_BYTES = 400 * 1024 * 1024  # finished comparisons kept for the zoom view
 
@@ -126,8 +124,7 @@ STRINGS = {
         "error.image_missing_denoise": "Please upload a photo or pick an example.",
         "error.no_methods": "Choose at least one method.",
         "error.result_expired": "That result is no longer on the server. Please run the comparison again.",
-        "denoising.plot.zoom_title": "Zoom: the same {size}×{size}-pixel crop of every image, enlarged without smoothing",
-        "denoising.plot.where": "Where the crop is",
+        **{f"denoising.plot.{k}": v for k, v in denoise_plots.DENOISE_TEXT.items()},
     },
     "zh-CN": {
         "denoising.tab": "4 · 去噪",
@@ -247,14 +244,16 @@ class ResultStore:
     def __init__(self, max_bytes: int = RESULTS_BYTES) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, Finished] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def add(self, item: Finished) -> str:
         run_id = secrets.token_hex(16)
         with self._lock:
             self._items[run_id] = item
-            while len(self._items) > 1 and sum(i.nbytes for i in self._items.values()) > self.max_bytes:
-                self._items.popitem(last=False)
+            self._bytes += item.nbytes
+            while len(self._items) > 1 and self._bytes > self.max_bytes:
+                self._bytes -= self._items.popitem(last=False)[1].nbytes
         return run_id
 
     def get(self, run_id: Any) -> Finished:
@@ -286,11 +285,7 @@ def load_upload(path: Any, max_side: int, crop: bool) -> tuple[np.ndarray, list[
     """
     if not path:
         raise InputError("image_missing_denoise", "Please upload a photo or pick an example.")
-    if not os.path.isfile(str(path)):
-        images.load_image(str(path))  # raises "image_unreadable"
-    if os.path.getsize(path) > MAX_UPLOAD_BYTES:
-        images.load_image(b"")  # refuse without reading it: "image_unreadable"
-    pixels, info = images.load_image(str(path), max_side=MAX_DECODE_SIDE if crop else max_side)
+    pixels, info = images.load_image(images.check_upload(path), max_side=MAX_DECODE_SIDE if crop else max_side)
     clean = np.clip(np.rint((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
     if _is_grey(clean):
         clean = clean[:, :, :1]
@@ -349,6 +344,12 @@ def check_methods(methods: Any) -> list[str]:
     if not methods:
         raise InputError("no_methods", "Choose at least one method.")
     return [m for m in METHODS if m in methods]
+
+
+def check_zoom(zoom_x: Any, zoom_y: Any, zoom_size: Any) -> tuple[float, float, int]:
+    """The zoom centre (percent of width and height) and crop side, validated."""
+    return (check_range("zoom_x", zoom_x, *LIMITS["zoom_x"]), check_range("zoom_y", zoom_y, *LIMITS["zoom_y"]),
+            int(check_range("zoom_size", zoom_size, *LIMITS["zoom_size"], integer=True)))
 
 
 def noise_levels_text(tr: Translator, lang: str, sigma: float, denoiser) -> str:
@@ -506,10 +507,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     run_id = gr.Textbox(visible=False, max_length=64, elem_id="denoise-run-id")
     lang = lang_input()
 
-    def zoom_plot(finished: Finished, zx, zy, size, lang):
-        zx = check_range("zoom_x", zx, *LIMITS["zoom_x"])
-        zy = check_range("zoom_y", zy, *LIMITS["zoom_y"])
-        size = check_range("zoom_size", size, *LIMITS["zoom_size"], integer=True)
+    def zoom_plot(finished: Finished, zoom: tuple[float, float, int], lang):
+        zx, zy, size = zoom
         return denoise_plots.zoom_figure(finished.context, finished.panels, (zx / 100, zy / 100), size,
                                          tr.table("denoising.plot.", lang))
 
@@ -520,8 +519,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         steps = check_range("steps", steps, *LIMITS["steps"], integer=True)
         eta = check_range("eta", eta, *LIMITS["eta"])
         color = check_choice("color", color, COLOR_MODES)
-        for name, value in (("zoom_x", zoom_x), ("zoom_y", zoom_y), ("zoom_size", zoom_size)):
-            check_range(name, value, *LIMITS[name], integer=name == "zoom_size")
+        zoom = check_zoom(zoom_x, zoom_y, zoom_size)
         prepared = prepare(image, sigma, seed, sigma_override, max_side)
         notices = list(prepared.notices)
         denoiser = None
@@ -599,19 +597,20 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         total = sum(r.seconds for r in results)
         yield (progress_html(1.0, tr.text("denoising.done", lang, n=len(results), seconds=total)),
                notice_text(), gallery_items, _table(tr, lang, noisy, results),
-               zoom_plot(finished, zoom_x, zoom_y, zoom_size, lang), path_items(tr, lang, multi) if multi else [],
+               zoom_plot(finished, zoom, lang), path_items(tr, lang, multi) if multi else [],
                summary(prepared.sigma, prepared.sigma_estimated, results, noisy), new_id)
 
     @guarded(tr)
     def rezoom(run_id, zoom_x, zoom_y, zoom_size, lang):
         if not run_id:
             return gr.skip()
-        return zoom_plot(RESULTS.get(run_id), zoom_x, zoom_y, zoom_size, lang)
+        return zoom_plot(RESULTS.get(run_id), check_zoom(zoom_x, zoom_y, zoom_size), lang)
 
     inputs = [image, sigma, seed, methods, sigma_override, steps, eta, color, max_side, zoom_x, zoom_y, zoom_size,
               lang]
     outputs = [status, notice, gallery, table, zoom, path, summary_json, run_id]
     event = run.click(denoise, inputs, outputs, js=LANG_JS, api_name="denoise", show_progress="hidden", **heavy)
+
     def stopped(lang):
         return progress_html(0.0, tr.text("denoising.stopped", lang))
 

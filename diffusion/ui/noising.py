@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -176,17 +175,11 @@ class _Cache:
 
 # Each chain holds at most T/50 checkpoints of one ≤256×256 image (≤ 16 MB at T = 1000).
 _IMAGES = _Cache(capacity=32)
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # the server's upload cap is lower; this guards direct calls
 _CHAINS = _Cache(capacity=12)
 
 
 def _load(path: str | None) -> tuple[str, np.ndarray, dict]:
-    if not path:
-        images.load_image(None)  # raises the translated "image_missing" error
-    if not os.path.isfile(path):
-        images.load_image(path)  # raises "image_unreadable"
-    if os.path.getsize(path) > MAX_UPLOAD_BYTES:
-        images.load_image(b"")  # refuse without reading it: "image_unreadable"
+    path = images.check_upload(path)
     with open(path, "rb") as fh:  # key by content: the same picture re-sent keeps its cache
         key = hashlib.sha1(fh.read()).hexdigest()
     x0, info = _IMAGES.get_or_make(key, lambda: images.load_image(path, max_side=256))
