@@ -615,13 +615,14 @@ SUBCOMMANDS = [_add_mnist]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m diffusion.train`` parser with one subparser per model."""
-    from diffusion import (
-        train_denoiser,  # registers its subcommand; imports this module's helpers
+    from diffusion import (  # each registers its subcommand and imports this module's helpers
+        train_denoiser,
+        train_text2image,
     )
 
     parser = argparse.ArgumentParser(prog="python -m diffusion.train", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for add in (*SUBCOMMANDS, train_denoiser.add_subcommand):
+    for add in (*SUBCOMMANDS, train_denoiser.add_subcommand, train_text2image.add_subcommand):
         add(subparsers)
     return parser
 

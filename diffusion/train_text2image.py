@@ -1,0 +1,292 @@
+"""``python -m diffusion.train text2image``: lesson 5's own tiny Stable Diffusion.
+
+Usage::
+
+    python -m diffusion.train text2image --out runs/text2image [--steps 6000] [--vae-steps 2500] \\
+        [--export assets/models/tiny-shapes-sd]
+
+Every part of a latent diffusion model (Rombach et al. 2022) is built here and
+trained from scratch on :mod:`diffusion.shapes` scenes, all regenerated from ``--seed``:
+
+0. **Tokenizer.** A byte-pair encoding learned (with the ``tokenizers`` library) on
+   the scene vocabulary, saved as a CLIP tokenizer: every known word is one token,
+   an unknown word falls apart into letters.
+1. **VAE** (``AutoencoderKL``): 64×64×3 pixels ↔ 8×8×4 latents, the same 8× shrink
+   as Stable Diffusion. Loss: L1 reconstruction + a small KL term. Afterwards the
+   latent scale factor is set to 1 / std of the training latents (SD's 0.18215
+   was found the same way).
+2. **Text encoder + denoiser** (``CLIPTextModel`` + ``UNet2DConditionModel``),
+   trained together on the DDPM loss (Ho et al. 2020, Algorithm 1) in latent space::
+
+       z_0 ~ q(z | x),  t ~ U{0..T-1},  ε ~ N(0, I)
+       z_t = √ᾱ_t z_0 + √(1-ᾱ_t) ε                      (DDPM eq. 4)
+       L = ‖ε - ε_θ(z_t, t, E(c))‖²                     (DDPM eq. 14)
+
+   Captions drop their size, position and background words at random (so short
+   prompts mean "anything"), 10 % become empty (the unconditional model that
+   classifier-free guidance needs, Ho & Salimans 2022), and some get a random
+   made-up word inserted, so words the model does not know are ignored.
+
+The export is a standard ``StableDiffusionPipeline`` folder (model_index.json,
+vae/, text_encoder/, tokenizer/, unet/, scheduler/; safetensors), loadable with
+``StableDiffusionPipeline.from_pretrained(folder)``. Scenes with the held-out
+pairings of :mod:`diffusion.shapes` are never drawn, in either stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import string
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from diffusion import shapes, train
+from diffusion.errors import InputError
+
+MAX_TOKENS = 24  # longest caption is 14 tokens with its start and end marks
+BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # Stable Diffusion's
+RUN_KEYS = ("channels", "text_width", "text_layers", "vae_channels", "vae_steps", "vae_batch_size",
+            "kl_weight", "scenes", "batch_size", "lr", "warmup", "seed", "caption_drop", "empty_caption",
+            "junk_word", "ema_decay", "weight_decay", "grad_clip")
+
+
+def build_tokenizer(folder: Path) -> CLIPTokenizer:
+    """Learn a BPE on the scene vocabulary and save it as a CLIP tokenizer in ``folder``.
+
+    The 26 letters (alone and word-final) are in the vocabulary too, so any
+    lower-case word can be spelled; other characters become the unknown token.
+    """
+    letters = list(string.ascii_lowercase)
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=1, initial_alphabet=letters,
+                                  end_of_word_suffix="</w>", show_progress=False)
+    bpe.train_from_iterator([" ".join(shapes.vocabulary())], trainer)
+    model = json.loads(bpe.to_str())["model"]
+    tokens = sorted(model["vocab"], key=model["vocab"].get)
+    tokens += [c + "</w>" for c in letters if c + "</w>" not in model["vocab"]]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, indent=0))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in model["merges"]))
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TOKENS)
+    for word in shapes.vocabulary():  # the point of the exercise: one token per known word
+        if len(tokenizer(word).input_ids) != 3:
+            raise RuntimeError(f"the tokenizer splits the vocabulary word {word!r}")
+    return tokenizer
+
+
+def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 64, layers: int = 3) -> CLIPTextModel:
+    """A small CLIP text transformer (causal self-attention, as in CLIP and SD)."""
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                            num_hidden_layers=layers, num_attention_heads=max(1, width // 32),
+                            max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModel(config)
+
+
+def build_vae(channels: tuple[int, ...] = (32, 64, 64, 64)) -> AutoencoderKL:
+    """``AutoencoderKL`` halving the side once per extra entry of ``channels``: 64 → 8 for four."""
+    n = len(channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
+                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=channels,
+                         layers_per_block=1, latent_channels=4, norm_num_groups=min(32, channels[0]),
+                         sample_size=shapes.IMAGE_SIZE)
+
+
+def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size: int) -> UNet2DConditionModel:
+    """The latent ε-network: cross-attention to the text at every resolution but the lowest."""
+    n = len(channels)
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+        norm_num_groups=min(32, channels[0]))
+
+
+def training_caption(scene: shapes.Scene, rng: np.random.Generator, args: argparse.Namespace) -> str:
+    """The caption one training step uses: words dropped, sometimes empty, sometimes with a made-up word."""
+    if rng.random() < args.empty_caption:
+        return ""
+    words = shapes.caption(scene, rng, args.caption_drop).split()
+    if rng.random() < args.junk_word:
+        junk = "".join(rng.choice(list(string.ascii_lowercase), size=int(rng.integers(2, 9))))
+        words.insert(int(rng.integers(0, len(words) + 1)), junk)
+    return " ".join(words)
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 → ``(N, 3, H, W)`` float on [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator) -> torch.Tensor:
+    """L1 reconstruction of a sampled latent plus ``kl_weight`` × KL(q(z|x) ‖ N(0, I)) per latent value."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+    reconstruction = vae.decode(z).sample
+    kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
+    return F.l1_loss(reconstruction, x) + kl_weight * kl
+
+
+def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[str],
+                device: torch.device) -> torch.Tensor:
+    """Hidden states of the last layer, padded to :data:`MAX_TOKENS`, as the pipeline computes them."""
+    ids = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids)[0]
+
+
+def _stage_args(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
+    stage = copy.copy(args)
+    for key, value in changes.items():
+        setattr(stage, key, value)
+    return stage
+
+
+def train_vae(args: argparse.Namespace, run_dir: Path, device: torch.device, settings: dict[str, Any],
+              base_info: dict[str, Any]) -> tuple[int, AutoencoderKL | None]:
+    """Stage 1 in ``run_dir/vae``: the exit status and the EMA autoencoder (None if the run paused).
+
+    The finished autoencoder is also saved to ``run_dir/vae/model``.
+    """
+    folder = run_dir / "vae"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    vae = build_vae(args.vae_channels).to(device)
+    ema = train.EMA(vae, args.ema_decay)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(args.warmup, args.vae_steps // 10), args.vae_steps)
+    checkpoint = train.find_checkpoint(folder) if args.resume else None
+
+    def one_step(step: int) -> float:
+        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 1, step]))
+        images = np.stack([shapes.render(shapes.random_scene(rng)) for _ in range(args.vae_batch_size)])
+        loss = vae_loss(vae, to_pixels(images).to(device), args.kl_weight, train.step_generator(args.seed, step))
+        return train.optimise(vae, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
+
+    finished: list[AutoencoderKL] = []
+
+    def keep(out: Path) -> None:
+        ema.model.save_pretrained(out, safe_serialization=True)
+        finished.append(ema.model)
+
+    status = train.run_loop(_stage_args(args, steps=args.vae_steps, export=str(folder / "model")), folder,
+                            checkpoint, vae, ema, optimizer, lr_schedule, settings, dict(base_info, stage="vae"),
+                            one_step, None, 0, keep)
+    return status, (finished[0] if finished else None)
+
+
+@torch.no_grad()
+def encode_scenes(vae: AutoencoderKL, images: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image's latent (unscaled), in batches."""
+    means, stds = [], []
+    for start in range(0, len(images), 256):
+        posterior = vae.encode(to_pixels(images[start:start + 256]).to(device)).latent_dist
+        means.append(posterior.mean.cpu())
+        stds.append(posterior.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def run_text2image(args: argparse.Namespace) -> int:
+    """Train (or resume) both stages and optionally export the pipeline; see the module docstring."""
+    device, run_dir, settings, _ = train.prepare_run(args, RUN_KEYS)
+    if not args.resume and any(train.find_checkpoint(run_dir / stage) for stage in ("vae", "diffusion")):
+        raise InputError("run_exists", "{path} already holds a checkpoint: add --resume or choose another --out.",
+                         path=str(run_dir))
+    tokenizer = build_tokenizer(run_dir / "tokenizer-files")
+    base_info = {"task": "text2image", "seed": args.seed, "settings": settings,
+                 "hardware": train.hardware_info(device),
+                 "data": {"kind": "procedural scenes (diffusion.shapes)", "image_size": shapes.IMAGE_SIZE,
+                          "heldout_colour_shape": sorted(map(list, shapes.HELDOUT_COLOUR_SHAPE)),
+                          "heldout_shape_position": sorted(map(list, shapes.HELDOUT_SHAPE_POSITION))}}
+    status, vae = train_vae(args, run_dir, device, settings, base_info)
+    if vae is None:
+        return status
+    vae.requires_grad_(False).eval()
+
+    images, scenes = shapes.dataset(args.scenes, args.seed, heldout=False)
+    mean, std = encode_scenes(vae, images, device)
+    scale = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scale)
+    train.tqdm.write(f"latents: {tuple(mean.shape[1:])}, scaling factor {scale:.4f}")
+
+    torch.manual_seed(args.seed + 1)
+    text_encoder = build_text_encoder(tokenizer, args.text_width, args.text_layers)
+    unet = build_unet(args.channels, args.text_width, mean.shape[-1])
+    model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).to(device)
+    ema = train.EMA(model, args.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, **BETAS)
+    folder = run_dir / "diffusion"
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = train.find_checkpoint(folder) if args.resume else None
+    counts = {name: sum(p.numel() for p in part.parameters())
+              for name, part in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}
+    info = dict(base_info, stage="diffusion", parameters=counts, latent_scaling_factor=scale,
+                weights_mb_fp32=round(sum(counts.values()) * 4 / 1e6, 2),
+                vae_config=dict(vae.config), unet_config=dict(unet.config),
+                text_encoder_config=text_encoder.config.to_dict(), scheduler_config=dict(noise_scheduler.config))
+
+    def one_step(step: int) -> float:
+        generator = train.step_generator(args.seed, step)
+        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, step]))
+        index = torch.from_numpy(rng.integers(0, len(scenes), size=args.batch_size))
+        z0 = (mean[index] + std[index] * torch.randn(std[index].shape, generator=generator)) * scale
+        captions = [training_caption(scenes[i], rng, args) for i in index.tolist()]
+        z0 = z0.to(device)
+        noise = torch.randn(z0.shape, generator=generator).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(z0),), generator=generator).to(device)
+        hidden = encode_text(tokenizer, model["text_encoder"], captions, device)
+        prediction = model["unet"](noise_scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=hidden).sample
+        return train.optimise(model, ema, optimizer, lr_schedule, F.mse_loss(prediction, noise), step, args.grad_clip)
+
+    def export(out: Path) -> None:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=ema.model["text_encoder"], tokenizer=tokenizer, unet=ema.model["unet"],
+            scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
+                                    steps_offset=1, **BETAS),
+            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+        pipe.save_pretrained(out, safe_serialization=True)
+        stages = {name: json.loads((run_dir / name / "train_info.json").read_text()) for name in ("vae", "diffusion")}
+        (out / "train_info.json").write_text(json.dumps(stages, indent=1))
+
+    return train.run_loop(args, folder, checkpoint, model, ema, optimizer, lr_schedule, settings, info,
+                          one_step, None, 0, export)
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``text2image`` with the ``python -m diffusion.train`` parser."""
+    parser = subparsers.add_parser(
+        "text2image", help="tiny Stable Diffusion on captioned shapes (lesson 5)",
+        description="Train a tokenizer, VAE, text encoder and latent UNet from scratch on generated scenes.")
+    train._add_common(parser)
+    parser.set_defaults(steps=6000, batch_size=64, lr=1e-3, warmup=200, checkpoint_every=250, func=run_text2image)
+    parser.add_argument("--channels", type=train._channels, default=(64, 128), help="UNet widths (default 64,128)")
+    parser.add_argument("--text-width", type=train._positive_int, default=64, help="text encoder width (default 64)")
+    parser.add_argument("--text-layers", type=train._positive_int, default=3, help="text encoder layers (default 3)")
+    parser.add_argument("--vae-channels", type=train._channels, default=(32, 64, 64, 64),
+                        help="VAE widths; 4 entries = 8× smaller latents (default 32,64,64,64)")
+    parser.add_argument("--vae-steps", type=train._positive_int, default=2500, help="VAE steps (default 2500)")
+    parser.add_argument("--vae-batch-size", type=train._positive_int, default=32, help="default 32")
+    parser.add_argument("--kl-weight", type=float, default=1e-4, help="VAE KL weight (default 1e-4)")
+    parser.add_argument("--scenes", type=train._positive_int, default=20000,
+                        help="training scenes drawn from the seed (default 20000)")
+    parser.add_argument("--caption-drop", type=train._probability, default=0.3,
+                        help="chance of leaving out each of size, position, background (default 0.3)")
+    parser.add_argument("--empty-caption", type=train._probability, default=0.1,
+                        help="chance of an empty caption, for classifier-free guidance (default 0.1)")
+    parser.add_argument("--junk-word", type=train._probability, default=0.15,
+                        help="chance of inserting a made-up word (default 0.15)")
