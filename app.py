@@ -65,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="requests waiting in the queue before new ones are turned away (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=int, default=10, metavar="MB",
                    help="largest upload accepted (default: %(default)s)")
+    p.add_argument("--t2i-model", action="append", default=[], metavar="ID_OR_FOLDER",
+                   help="text-to-image model to offer (a diffusers model id or folder); repeat for more, "
+                        "the first is the default (default: the embedded model)")
+    p.add_argument("--allow-any-model", action="store_true",
+                   help="let users type any Hugging Face model id (off: only the listed models)")
+    p.add_argument("--offline", action="store_true", default=os.environ.get("HF_HUB_OFFLINE") == "1",
+                   help="never download models (also set by HF_HUB_OFFLINE=1)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
     for name in ("heavy_concurrency", "light_concurrency", "max_queue", "max_upload_mb"):
@@ -83,6 +90,8 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
         device=str(device), device_label=describe_device(device),
         light_concurrency=args.light_concurrency, heavy_concurrency=args.heavy_concurrency,
         max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, lang=args.lang,
+        t2i_models=tuple(args.t2i_model), allow_any_model=args.allow_any_model, offline=args.offline,
+        zero_gpu=bool(os.environ.get("SPACES_ZERO_GPU")),
     )
 
 

@@ -6,6 +6,7 @@ Usage::
     python -m diffusion.bench noising [--moves N]
     python -m diffusion.bench sampling [--model-dir DIR | --random-tiny] [--repeat N]
     python -m diffusion.bench denoise [--size 384] [--repeat N]
+    python -m diffusion.bench text2image [--steps 30] [--repeat N] [--sd15]
 
 Subcommands:
 
@@ -35,6 +36,9 @@ denoise
     wall and CPU seconds of every method (best of ``--repeat``), each also as a ratio
     to BM3D, plus the model's first-call (cold) time. Quality is measured by
     ``python -m diffusion.evaluate denoise``.
+
+text2image
+    Lesson 5: see :mod:`diffusion.bench_text2image`.
 
 Each subcommand is a ``_add_<name>`` function that registers its parser and sets
 ``func``; further lessons add theirs to ``SUBCOMMANDS``.
@@ -378,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffusion.bench",
                                      description="Diffusion Lab benchmarks.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in SUBCOMMANDS:
+    from diffusion import bench_text2image  # lesson 5
+
+    for add in (*SUBCOMMANDS, bench_text2image.add_subcommand):
         add(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -347,9 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(run=run_mnist)
-    from diffusion import evaluate_denoise  # lesson 4's subcommands
+    from diffusion import evaluate_denoise  # lesson 4
 
     evaluate_denoise.add_subcommands(sub)
+    from diffusion import evaluate_text2image  # lesson 5
+
+    evaluate_text2image.add_subcommand(sub)
     return parser
 
 

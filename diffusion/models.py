@@ -161,6 +161,7 @@ def clear_cache() -> None:
     """Forget loaded models and remembered failures (after replacing a model folder)."""
     with _lock:
         _cache.clear()
+        _hub.clear()
         _failed.clear()
 
 
@@ -193,3 +194,56 @@ def load_denoiser(device: torch.device | str = "cpu", path: Path | None = None) 
             raise ModelUnavailable(DENOISER, path, f"it could not be loaded ({type(error).__name__})") from error
 
     return _load_once(DENOISER, path, device, load)
+
+
+# Lesson 5: the embedded text-to-image pipeline, and at most one hub pipeline at a time.
+T2I = "text2image"
+T2I_PATH = MODELS_DIR / "tiny-shapes-sd"
+T2I_REQUIRED_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json",
+                      "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
+                      "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                      "vae/diffusion_pytorch_model.safetensors")
+_hub: dict[tuple[str, str], Any] = {}
+
+
+def _missing_t2i_file(path: Path) -> str | None:
+    return next((f"{name} is missing" for name in T2I_REQUIRED_FILES if not (path / name).is_file()), None)
+
+
+def text2image_available(path: Path | None = None) -> bool:
+    """Whether the embedded text-to-image folder is complete and has not failed to load. Loads nothing."""
+    path = Path(path or T2I_PATH)
+    return _missing_t2i_file(path) is None and (T2I, str(path)) not in _failed
+
+
+def load_text2image(ref: str | Path | None = None, device: torch.device | str = "cpu", offline: bool = False) -> Any:
+    """A text-to-image pipeline, loaded once and shared: the embedded folder (``ref`` None) or ``ref``.
+
+    The embedded model stays cached; of other models (hub ids, local folders) only the
+    most recent one is kept, so switching models does not pile up gigabytes.
+
+    Raises:
+        ModelUnavailable: The embedded folder is missing or corrupt (remembered).
+        InputError: ``model_load_failed`` for another model that cannot be loaded.
+    """
+    from diffusion import text2image  # diffusers' pipeline classes load slowly: only when needed
+
+    device = torch.device(device)
+    if ref is None or Path(ref) == T2I_PATH:
+        def load() -> Any:
+            missing = _missing_t2i_file(T2I_PATH)
+            if missing:
+                raise ModelUnavailable(T2I, T2I_PATH, missing)
+            try:
+                return text2image.load_pipeline(str(T2I_PATH), device, offline=True)
+            except InputError as error:
+                raise ModelUnavailable(T2I, T2I_PATH, "it could not be loaded") from error
+        return _load_once(T2I, T2I_PATH, device, load)
+    key = (str(ref), str(device))
+    with _lock:
+        if key not in _hub:
+            _hub.clear()  # drop the previous big model before loading the next one
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            _hub[key] = text2image.load_pipeline(str(ref), device, offline=offline)
+        return _hub[key]

@@ -185,23 +185,19 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     return cls.from_config(base_config, **overrides)
 
 
-def _known_words(tokenizer: Any) -> set[str] | None:
-    vocab = tokenizer.get_vocab()
-    if len(vocab) > 5000:  # a real CLIP vocabulary: every word is "known" well enough
-        return None
-    return {token[:-4] for token in vocab if token.endswith("</w>") and len(token) > 5}
-
-
 def unknown_words(pipe: Any, prompt: str) -> list[str]:
-    """Words of ``prompt`` that a small-vocabulary tokenizer (the embedded model's) does not have.
+    """Words of ``prompt`` that a small-vocabulary tokenizer (the embedded model's) has no token for.
 
     They are not an error: the model was trained to ignore made-up words. The UI lists them.
+    A real CLIP vocabulary (tens of thousands of tokens) knows enough of every word: nothing is listed.
     """
-    known = _known_words(pipe.tokenizer)
-    if known is None:
+    tokenizer = pipe.tokenizer
+    if len(tokenizer) > 5000:
         return []
     words = re.findall(r"[^\W\d_]+|\d+", prompt.lower())
-    return sorted({w for w in words if w not in known}, key=words.index)
+    unknown = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1
+               or tokenizer(w, add_special_tokens=False).input_ids[0] == tokenizer.unk_token_id]
+    return list(dict.fromkeys(unknown))
 
 
 @dataclass(eq=False)
@@ -342,10 +338,12 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
                      num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
                      num_images_per_prompt=request.batch_size, generator=generator,
                      callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"])
-    if init_image is not None:
-        arguments.update(image=init_image.convert("RGB").resize((request.width, request.height),
-                                                                Image.Resampling.LANCZOS),
-                         strength=request.strength)
+    if init_image is not None:  # one prompt and one copy of the picture per output, as img2img expects
+        picture = init_image.convert("RGB").resize((request.width, request.height), Image.Resampling.LANCZOS)
+        arguments.update(prompt=[request.prompt] * request.batch_size, image=[picture] * request.batch_size,
+                         negative_prompt=[request.negative_prompt] * request.batch_size
+                         if request.negative_prompt else None,
+                         num_images_per_prompt=1, strength=request.strength)
     else:
         arguments.update(width=request.width, height=request.height)
     start = time.perf_counter()

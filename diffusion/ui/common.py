@@ -116,6 +116,10 @@ class AppSettings:
     max_queue: int = 64
     max_upload_mb: int = 10
     lang: str = "auto"
+    t2i_models: tuple[str, ...] = ()  # text-to-image models the operator offers (ids or folders), first = default
+    allow_any_model: bool = False     # let users type any hub id (a public Space should not)
+    offline: bool = False             # never reach the Hugging Face Hub
+    zero_gpu: bool = False            # running on a ZeroGPU Space
 
 
 class Translator:

@@ -267,8 +267,9 @@ class RunStore:
     Finished runs are kept least-recently-used first within ``max_bytes`` of frames.
     """
 
-    def __init__(self, max_bytes: int = RUN_STORE_BYTES) -> None:
+    def __init__(self, max_bytes: int = RUN_STORE_BYTES, code_prefix: str = "") -> None:
         self.max_bytes = max_bytes
+        self.code_prefix = code_prefix  # error codes name the lesson, so each can say which button to press
         self._live: dict[str, LiveRun] = {}
         self._done: OrderedDict[str, Trajectory] = OrderedDict()
         self._lock = threading.Lock()
@@ -310,11 +311,11 @@ class RunStore:
             InputError: ``no_run`` for an empty id, ``run_expired`` for one that is not kept.
         """
         if not run_id:
-            raise InputError("no_run", "Run the sampler first.")
+            raise InputError(self.code_prefix + "no_run", "Run first.")
         with self._lock:
             trajectory = self._done.get(run_id) if isinstance(run_id, str) and _RUN_ID.match(run_id) else None
             if trajectory is None:
-                raise InputError("run_expired", "This run is no longer kept; sample again.")
+                raise InputError(self.code_prefix + "run_expired", "This run is no longer kept; run again.")
             self._done.move_to_end(run_id)
             return trajectory
 

@@ -1,0 +1,147 @@
+"""``python -m diffusion.bench text2image``: what lesson 5's previews and recording cost.
+
+In one run, on the same pipeline, prompt, seed, scheduler and steps:
+
+* **bare**: the pipeline called as diffusers documents it, nothing else;
+* **lesson**: :func:`diffusion.text2image.generate` as the tab runs it, in a worker
+  thread (:class:`~diffusion.ui.sampling.LiveRun`) with every step recorded, while the
+  streaming side picks the newest step about four times a second and renders its latent
+  and its VAE-decoded x̂₀, exactly like the tab's preview.
+
+Runs alternate (bare, lesson, bare, …) and the medians are compared; the target is a
+ratio ≤ 1.10. The two must also produce the same pixels (exit status 1 if not).
+
+With a CUDA GPU, ``--sd15`` also times the Stable Diffusion 1.5 architecture (UNet,
+VAE and CLIP text encoder built from their published configurations with random
+weights: weights cannot be downloaded here) at 512×512, 50 steps, fp16, guidance 7.5,
+next to the published A100 figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusion import models
+from diffusion import text2image as t2i
+
+A100_SD15_SECONDS = 1.6  # published: SD 1.5, 512×512, 50 steps, fp16, SDPA, one A100
+
+
+def _bare(pipe, request: t2i.T2IRequest) -> np.ndarray:
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    scheduler = t2i.make_scheduler(request.scheduler, pipe.scheduler.config)
+    run = type(pipe)(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
+    run.set_progress_bar_config(disable=True)
+    image = run(request.prompt, num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale, generator=generator, width=request.width,
+                height=request.height).images[0]
+    return np.asarray(image)
+
+
+def _lesson(pipe, request: t2i.T2IRequest) -> np.ndarray:
+    from diffusion.ui.sampling import LiveRun  # the tab's own streaming machinery
+
+    live = LiveRun(lambda callback, stop: t2i.generate(pipe, request, callback=callback, stop=stop))
+    for info in live.steps():
+        t2i.latent_picture(info.x_t)
+        t2i.to_uint8(t2i.decode_latents(pipe.vae, info.x0_pred))
+    return np.asarray(live.result.images[0])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def overhead(pipe, request: t2i.T2IRequest, repeat: int) -> dict[str, float]:
+    """Median seconds of bare and lesson runs, alternating, after one warm-up each."""
+    device = pipe.device
+    _bare(pipe, request), _lesson(pipe, request)
+    times: dict[str, list[float]] = {"bare": [], "lesson": []}
+    images = {}
+    for _ in range(repeat):
+        for name, run in (("bare", _bare), ("lesson", _lesson)):
+            _sync(device)
+            start = time.perf_counter()
+            images[name] = run(pipe, request)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    bare, lesson = statistics.median(times["bare"]), statistics.median(times["lesson"])
+    difference = int(np.abs(images["bare"].astype(int) - images["lesson"].astype(int)).max())
+    return {"bare_s": bare, "lesson_s": lesson, "ratio": lesson / bare, "max_pixel_difference": difference}
+
+
+def sd15_seconds(steps: int = 50, repeat: int = 3) -> float:
+    """Seconds per 512×512 image of the SD 1.5 architecture (random weights) on CUDA in fp16."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffusion.train_text2image import build_tokenizer
+
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's config
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
+    tokenizer = build_tokenizer(Path(torch.hub.get_dir()) / "diffusion-lab-bench-tokenizer")
+    tokenizer.model_max_length = 77
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                                                           beta_end=0.012), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = pipe.to("cuda", torch.float16)
+    pipe.set_progress_bar_config(disable=True)
+    times = []
+    for i in range(repeat + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        pipe("a red circle", num_inference_steps=steps, guidance_scale=7.5, height=512, width=512)
+        torch.cuda.synchronize()
+        if i:  # the first run warms up kernels
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_text2image(args: argparse.Namespace) -> int:
+    """Print the overhead table (and the SD 1.5 timing on CUDA); exit 1 if the pixels disagree."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = models.load_text2image(args.model_dir, device)  # None: the embedded model
+    request = t2i.T2IRequest(num_inference_steps=args.steps, scheduler=args.scheduler).validated(t2i.default_side(pipe))
+    result = overhead(pipe, request, args.repeat)
+    print(f"lesson 5 on {device}: {request.scheduler}, {request.num_inference_steps} steps, "
+          f"{request.width}×{request.height}, guidance {request.guidance_scale:g}, median of {args.repeat}")
+    print(f"  bare pipeline call        {result['bare_s']:.3f} s")
+    print(f"  with previews + recording {result['lesson_s']:.3f} s   ratio {result['ratio']:.3f} (target ≤ 1.10)")
+    print(f"  largest pixel difference  {result['max_pixel_difference']}")
+    if args.sd15:
+        if device.type != "cuda":
+            print("  SD 1.5 timing skipped: it needs a CUDA GPU")
+        else:
+            seconds = sd15_seconds()
+            print(f"  SD 1.5 architecture, 512×512, 50 steps, fp16: {seconds:.2f} s per image "
+                  f"(published A100 figure about {A100_SD15_SECONDS} s; GPU: {torch.cuda.get_device_name()})")
+    return 0 if result["max_pixel_difference"] == 0 else 1
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``text2image`` with ``python -m diffusion.bench``."""
+    parser = subparsers.add_parser(
+        "text2image", help="lesson 5's preview and recording overhead (and SD 1.5 speed on a GPU)",
+        description="Lesson 5: a bare pipeline call against the tab's recorded, previewed run.")
+    parser.add_argument("--model-dir", help="a pipeline folder instead of the embedded model")
+    parser.add_argument("--steps", type=int, default=30, help="default 30")
+    parser.add_argument("--scheduler", default="ddim", choices=tuple(t2i.SCHEDULERS))
+    parser.add_argument("--repeat", type=int, default=5, help="alternating runs of each (default 5)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--sd15", action="store_true", help="on CUDA, also time the SD 1.5 architecture")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run_text2image)

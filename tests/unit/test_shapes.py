@@ -1,0 +1,96 @@
+"""Lesson 5's data: procedural scenes, their captions, the tokenizer, the independent reader, the trainer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from diffusers import StableDiffusionPipeline
+
+from diffusion import evaluate, shape_checker, shapes, train
+from diffusion import text2image as t2i
+from diffusion.train_text2image import build_tokenizer
+
+
+def test_scenes_are_reproducible_and_respect_the_held_out_pairings():
+    images, scenes = shapes.dataset(300, seed=5)
+    again, _ = shapes.dataset(300, seed=5)
+    assert images.shape == (300, 64, 64, 3) and images.dtype == np.uint8 and np.array_equal(images, again)
+    assert not any(s.heldout for s in scenes) and all(s.colour != s.background for s in scenes)
+    _, held = shapes.dataset(100, seed=5, heldout=True)
+    assert all((s.colour, s.shape) in shapes.HELDOUT_COLOUR_SHAPE or (s.shape, s.position) in
+               shapes.HELDOUT_SHAPE_POSITION for s in held)
+    # Every word still occurs in training on its own.
+    for attribute, words in (("colour", shapes.COLOURS), ("shape", shapes.SHAPES), ("position", shapes.POSITIONS)):
+        assert {getattr(s, attribute) for s in scenes} == set(words)
+
+
+def test_captions_read_like_english_and_drop_words_on_request():
+    scene = shapes.Scene("orange", "star", "large", "top left", "white")
+    assert shapes.caption(scene) == "a large orange star at the top left on a white background"
+    scene = shapes.Scene("orange", "star", "small", "center", "orange")
+    assert shapes.caption(scene) == "a small orange star in the center on an orange background"
+    short = {shapes.caption(scene, np.random.default_rng(i), drop=1.0) for i in range(5)}
+    assert short == {"an orange star"}
+    words = set(" ".join(shapes.caption(s) for s in shapes.dataset(200, 1)[1]).split())
+    assert words <= set(shapes.vocabulary())
+
+
+def test_the_reader_reads_ground_truth_pictures_correctly():
+    images, scenes = shapes.dataset(400, seed=11, heldout=None)
+    wrong = [(s, shape_checker.read_scene(im)) for im, s in zip(images, scenes)
+             if shape_checker.read_scene(im) != s.attributes()]
+    assert not wrong, wrong[:3]
+
+
+def test_the_reader_is_not_fooled_by_noise_or_an_empty_picture():
+    blank = np.full((64, 64, 3), 245, np.uint8)
+    assert shape_checker.read_scene(blank) == {"background": "white", "colour": None, "shape": None,
+                                               "size": None, "position": None}
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    reading = shape_checker.read_scene(noise)
+    assert set(reading) == set(shapes.ATTRIBUTES)
+    assert [shape_checker.colour_name(np.array(c)) for c in ((250, 0, 0), (0, 0, 250), (10, 10, 10), (128,) * 3)] \
+        == ["red", "blue", "black", "gray"]
+
+
+def test_the_tokenizer_has_one_token_per_word_and_spells_the_rest(tmp_path):
+    tokenizer = build_tokenizer(tmp_path)
+    for word in shapes.vocabulary():
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    assert tokenizer("RED Circle").input_ids == tokenizer("red circle").input_ids
+    spelled = tokenizer("zebra", add_special_tokens=False).input_ids
+    assert len(spelled) > 1 and tokenizer.unk_token_id not in spelled
+    ids = tokenizer("a" + " red" * 40, padding="max_length", truncation=True).input_ids
+    assert len(ids) == tokenizer.model_max_length
+
+
+def test_training_runs_resumes_and_exports_a_standard_pipeline(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    tiny = ["--out", str(out), "--vae-steps", "3", "--vae-batch-size", "2", "--scenes", "64", "--batch-size", "4",
+            "--channels", "32,32", "--text-width", "32", "--text-layers", "1", "--vae-channels", "32,32",
+            "--checkpoint-every", "2", "--log-every", "1", "--threads", "1"]
+    assert train.main(["text2image", *tiny, "--steps", "4", "--stop-at", "2"]) == 0
+    assert train.main(["text2image", *tiny, "--steps", "4"]) == 2  # an existing run needs --resume
+    assert train.main(["text2image", *tiny, "--steps", "4", "--resume", "--export", str(export)]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(export, use_safetensors=True, local_files_only=True)
+    assert t2i.default_side(pipe) == 64 and pipe.vae.config.scaling_factor > 0
+    info = json.loads((export / "train_info.json").read_text())
+    assert info["vae"]["steps"] == 3 and info["diffusion"]["steps"] == 4 and info["diffusion"]["finished"]
+    # --stop-at paused the first stage; the resumed run finished it and then ran the second.
+    assert [i["start_step"] for i in info["vae"]["invocations"]] == [0, 2]
+    assert [i["start_step"] for i in info["diffusion"]["invocations"]] == [0]
+    assert not list(export.rglob("*.bin")) and not list(export.rglob("*.pt"))  # safetensors only
+    assert t2i.unknown_words(pipe, "a red qwerty star") == ["qwerty"]
+
+
+def test_the_evaluation_reports_accuracy_per_attribute(tmp_path, capsys):
+    images, scenes = shapes.dataset(20, seed=2)
+    from diffusion.evaluate_text2image import accuracy
+    right = accuracy([s.attributes() for s in scenes], scenes)
+    assert right["attributes"] == right["scenes"] == 1.0
+    half = [dict(s.attributes(), colour="none") if i % 2 else s.attributes() for i, s in enumerate(scenes)]
+    result = accuracy(half, scenes)
+    assert result["colour"] == 0.5 and result["attributes"] == pytest.approx(0.9) and result["scenes"] == 0.5
+    assert "text2image" in evaluate.build_parser().format_help()

@@ -1,0 +1,218 @@
+"""Lesson 5's pipeline code on a tiny random Stable Diffusion built here, offline.
+
+The pipeline is assembled from diffusers/transformers classes with random
+weights and a tokenizer whose files this test writes, saved as a standard
+folder, then loaded through the same path as any hub model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from diffusion import models
+from diffusion import text2image as t2i
+from diffusion.errors import InputError
+
+WORDS = ["a", "red", "blue", "circle", "square", "on", "background", "white"]
+
+
+def _tokenizer_files(folder):
+    """A word-level CLIP tokenizer: the letters, each word built by merges, and the two specials."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = letters + [c + "</w>" for c in letters]
+    merges = []
+    for word in WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            vocab.append(merged)
+            pieces = [merged] + pieces[2:]
+    vocab = list(dict.fromkeys(vocab)) + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-sd")
+    torch.manual_seed(0)
+    tokenizer = _tokenizer_files(root / "tokenizer-files")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), latent_channels=4,
+                        norm_num_groups=32, sample_size=16)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipe", safe_serialization=True)
+    return root / "pipe"
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_folder):
+    return t2i.load_pipeline(str(tiny_folder), "cpu")
+
+
+def _request(**changes):
+    base = dict(prompt="a red circle", num_inference_steps=6, guidance_scale=3.0)
+    return t2i.T2IRequest(**{**base, **changes}).validated(16)
+
+
+def test_the_folder_loads_through_the_auto_pipeline_with_its_own_size(pipe):
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert t2i.default_side(pipe) == 16  # 8×8 latents, a VAE with two blocks halves once
+    assert not t2i.is_lcm(pipe)
+
+
+@pytest.mark.parametrize("name", [n for n in t2i.SCHEDULERS if n != "lcm"])
+def test_every_scheduler_runs_and_records_its_own_timesteps(pipe, name):
+    request = _request(scheduler=name)
+    seen = []
+    run = t2i.generate(pipe, request, callback=lambda info: seen.append((info.step, info.total)))
+    reference = t2i.SCHEDULERS[name][0].from_config(pipe.scheduler.config, **t2i.SCHEDULERS[name][1])
+    reference.set_timesteps(request.num_inference_steps)
+    assert run.timesteps == pytest.approx([float(t) for t in reference.timesteps])
+    assert seen == [(i, request.num_inference_steps) for i in range(request.num_inference_steps)]
+    assert run.x_t.shape == (6, 1, 4, 8, 8) and len(run.images) == 1 and run.images[0].size == (16, 16)
+    assert not torch.isnan(run.x0_pred).any()
+    # Every scheduler's x̂_0 is Tweedie's formula on the z_t the network saw (DDPM eq. 15).
+    for i in (0, len(run) - 1):
+        info = run.frame(i)
+        if name == "dpm_solver" or not math.isfinite(info.alpha_bar):
+            continue
+        a = info.alpha_bar
+        expected = (info.x_t - math.sqrt(1 - a) * info.eps_pred) / math.sqrt(a)
+        torch.testing.assert_close(info.x0_pred, expected, atol=0.05 * float(expected.abs().max()) + 1e-2, rtol=0)
+
+
+def test_the_same_seed_gives_the_same_pixels_and_another_seed_others(pipe):
+    first, again = t2i.generate(pipe, _request(seed=3)), t2i.generate(pipe, _request(seed=3))
+    other = t2i.generate(pipe, _request(seed=4))
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
+    assert not np.array_equal(np.asarray(first.images[0]), np.asarray(other.images[0]))
+    assert pipe.scheduler.__class__ is DDIMScheduler  # runs swap schedulers on their own copy only
+
+
+def test_stop_ends_the_run_cleanly_after_the_current_step(pipe):
+    calls = []
+    run = t2i.generate(pipe, _request(num_inference_steps=20), stop=lambda: calls.append(1) or len(calls) >= 4)
+    assert run.stopped and len(run) == 4 and len(run.images) == 1
+    assert run.summary()["steps_run"] == 4 and run.summary()["stopped"] is True
+
+
+def test_image_to_image_starts_where_the_strength_says(pipe):
+    start = Image.fromarray(np.full((40, 30, 3), 200, np.uint8))
+    request = _request(num_inference_steps=10, strength=0.5, batch_size=2)
+    run = t2i.generate(pipe, request, init_image=start)
+    where = t2i.strength_to_timestep(pipe, "ddim", 10, 0.5)
+    assert run.img2img and len(run) == where["steps_run"] == 5 and run.start_t == where["t"]
+    assert where["alpha_bar"] == pytest.approx(float(pipe.scheduler.alphas_cumprod[int(where["t"])]))
+    assert len(run.images) == 2 and run.images[0].size == (16, 16)
+
+
+def test_batches_and_pictures_of_the_latents(pipe):
+    run = t2i.generate(pipe, _request(batch_size=3))
+    assert len(run.images) == 3 and run.x_t.shape[1] == 3
+    strip = t2i.latent_picture(run.frame(0).x_t)
+    assert strip.shape == (8, 24, 3) and strip.dtype == np.uint8
+    decoded = t2i.decode_latents(pipe.vae, run.frame(len(run) - 1).x0_pred)
+    assert decoded.shape == (3, 3, 16, 16) and 0 <= decoded.min() and decoded.max() <= 1
+    # The last recorded x̂_0 decoded is the returned picture, up to PNG rounding.
+    final = t2i.to_uint8(t2i.decode_latents(pipe.vae, run.x0_pred[-1].float()))
+    assert np.abs(final[:, :16].astype(int) - np.asarray(run.images[0]).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("changes, code", [
+    (dict(prompt="x" * (t2i.MAX_PROMPT_CHARS + 1)), "prompt_too_long"),
+    (dict(prompt=123), "not_text"),
+    (dict(scheduler="lcm"), "lcm_only"),
+    (dict(scheduler="karras"), "bad_choice"),
+    (dict(num_inference_steps=0), "out_of_range"),
+    (dict(num_inference_steps=float("nan")), "not_a_number"),
+    (dict(guidance_scale=float("inf")), "not_a_number"),
+    (dict(width=32), "out_of_range"),
+    (dict(height=10**9), "out_of_range"),
+    (dict(batch_size=5), "out_of_range"),
+    (dict(strength=0), "out_of_range"),
+])
+def test_bad_requests_are_refused_with_a_reason(changes, code):
+    with pytest.raises(InputError) as caught:
+        t2i.T2IRequest(**changes).validated(64)
+    assert caught.value.code == code
+
+
+def test_requests_fill_in_the_model_size_and_round_to_multiples_of_eight():
+    request = t2i.T2IRequest(prompt="  a red\x00 circle ", width=0, height=100).validated(64)
+    assert (request.width, request.height, request.prompt) == (64, 96, "a red circle")
+    assert t2i.T2IRequest(scheduler="lcm").validated(64, lcm_model=True).scheduler == "lcm"
+
+
+def test_only_listed_models_are_loaded_and_paths_never(tmp_path):
+    embedded = tmp_path / "embedded"
+    assert t2i.resolve_model("embedded", embedded) == str(embedded)
+    assert t2i.resolve_model(None, embedded) == str(embedded)
+    assert t2i.resolve_model(t2i.SUGGESTED[0], embedded) == t2i.SUGGESTED[0]
+    assert t2i.resolve_model("/srv/models/mine", embedded, extra=("/srv/models/mine",)) == "/srv/models/mine"
+    for refused in ("someone/model", "/etc", "../assets/models", "C:\\models"):
+        with pytest.raises(InputError, match="not offered"):
+            t2i.resolve_model(refused, embedded)
+    assert t2i.resolve_model("someone/model", embedded, allow_any=True) == "someone/model"
+    for refused in ("/etc/x", "../a/b", "a/../b", "x" * 300 + "/y", "a/b/c"):
+        with pytest.raises(InputError):
+            t2i.resolve_model(refused, embedded, allow_any=True)
+
+
+def test_a_missing_model_is_a_clear_error_offline(tmp_path):
+    with pytest.raises(InputError) as caught:
+        t2i.load_pipeline(str(tmp_path / "nothing-here"), "cpu", offline=True)
+    assert caught.value.code == "model_load_failed"
+    with pytest.raises(InputError) as caught:
+        t2i.load_pipeline("stabilityai/sd-turbo", "cpu", offline=True)
+    assert caught.value.code == "model_load_failed" and "embedded model still works" in str(caught.value)
+
+
+def test_a_corrupt_embedded_model_disables_only_itself(tiny_folder, tmp_path, monkeypatch):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_folder, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated safetensors
+    monkeypatch.setattr(models, "T2I_PATH", broken)
+    models.clear_cache()
+    try:
+        assert models.text2image_available(broken)
+        with pytest.raises(models.ModelUnavailable):
+            models.load_text2image(None, "cpu")
+        assert not models.text2image_available(broken)  # remembered: the tab shows its notice
+        (broken / "model_index.json").unlink()
+        assert not models.text2image_available(broken)
+    finally:
+        models.clear_cache()
+
+
+def test_unknown_words_are_listed_not_refused(pipe):
+    assert t2i.unknown_words(pipe, "A RED circle on a white background") == []
+    assert t2i.unknown_words(pipe, "a red zebra circle, 42 zebra") == ["zebra", "42"]
+    run = t2i.generate(pipe, _request(prompt="a red zebra circle"))
+    assert len(run.images) == 1
