@@ -53,6 +53,7 @@ STRINGS = {
         "text2image.model": "Model",
         "text2image.model_embedded": "Embedded: tiny shapes model (offline)",
         "text2image.prompt": "Prompt",
+        "text2image.examples": "Example prompts",
         "text2image.negative_prompt": "Negative prompt (what to steer away from)",
         "text2image.steps": "Steps",
         "text2image.guidance": "Guidance scale w",
@@ -107,6 +108,7 @@ STRINGS = {
         "text2image.model": "模型",
         "text2image.model_embedded": "内置：小型形状模型（离线）",
         "text2image.prompt": "提示词（英文）",
+        "text2image.examples": "示例提示词",
         "text2image.negative_prompt": "反向提示词（希望避开的内容）",
         "text2image.steps": "步数",
         "text2image.guidance": "引导系数 w",
@@ -174,7 +176,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                                 allow_custom_value=settings.allow_any_model)
             prompt = gr.Textbox(DEFAULTS.prompt, label=tr("text2image.prompt"), lines=2, elem_id="t2i-prompt",
                                 max_length=t2i.MAX_PROMPT_CHARS)
-            gr.Examples([[e] for e in EXAMPLES], [prompt], label=None)
+            gr.Examples([[e] for e in EXAMPLES], [prompt], label=tr("text2image.examples"))
             negative = gr.Textbox("", label=tr("text2image.negative_prompt"), elem_id="t2i-negative",
                                   max_length=t2i.MAX_PROMPT_CHARS)
             with gr.Row():

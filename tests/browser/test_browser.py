@@ -132,8 +132,7 @@ def test_every_tab_opens_in_the_browser_language(session):
         elif index == 4:
             session.page.locator("#denoise-run").wait_for()
         else:
-            notice = "Not available yet" if session.locale == "en" else "暂不可用"
-            session.page.locator("#tab-text2image").get_by_text(notice).wait_for()
+            session.page.locator("#t2i-run").wait_for()
         session.page.wait_for_timeout(300)
         session.shot(f"{index}-{name.split(' · ')[1].replace(' ', '_')}")
     session.assert_clean()
@@ -270,6 +269,45 @@ def test_denoising_upload_compare_zoom_and_bad_files(session, tmp_path):
     assert ("无法" in message) if zh else ("could not be read as an image" in message)
     session.dismiss_toasts()
     session.shot("denoising-bad-file")
+
+
+def test_text_to_image_streams_scrubs_stops_and_starts_from_a_picture(session, tmp_path):
+    page = session.page
+    zh = session.locale == "zh-CN"
+    session.open_tab(TAB_NAMES[session.locale][4])
+    prompt = page.locator("#t2i-prompt textarea")
+    prompt.fill("a small yellow star at the top right on a blue background, sparkly")
+    session.set_slider("t2i-batch", 2)
+    page.locator("#t2i-run").click()
+    page.locator("#t2i-x0 img").wait_for()
+    session.wait_for_json("t2i-summary", r'"model":"embedded","scheduler":"ddim","steps":30,')
+    assert page.locator("#t2i-gallery img").count() >= 2
+    assert ("完成" if zh else "Done") in page.locator("#t2i-status").inner_text()
+    assert "sparkly" in page.locator("#t2i-notice").inner_text()  # an unknown word: a notice, not an error
+    session.shot("text2image-done")
+    session.set_slider("t2i-scrub", 3)
+    page.locator("#t2i-status").get_by_text(re.compile("第 3 / 30 步" if zh else "step 3 / 30")).wait_for()
+    session.shot("text2image-scrubbed")
+    # A long run, stopped after the first frames.
+    session.set_slider("t2i-steps", 100)
+    page.locator("#t2i-run").click()
+    page.locator("#t2i-status").get_by_text(re.compile("/ 100")).first.wait_for()
+    page.locator("#t2i-stop").click()
+    session.wait_for_json("t2i-summary", r'"stopped":true')
+    # Image to image from an upload, with the strength explained as a timestep.
+    start = tmp_path / "start.png"
+    from PIL import Image
+    Image.new("RGB", (80, 60), (40, 170, 60)).save(start)
+    page.locator("#t2i-img2img").get_by_text("图生图" if zh else "Image to image").first.click()
+    page.locator("#t2i-init input[type=file]").set_input_files(str(start))
+    page.locator("#t2i-init img").first.wait_for()
+    session.set_slider("t2i-steps", 20)
+    session.set_slider("t2i-strength", 0.5)
+    page.locator("#t2i-strength-info").get_by_text(re.compile("ᾱ_t")).wait_for()
+    page.locator("#t2i-run").click()
+    session.wait_for_json("t2i-summary", r'"steps_run":10,.*"img2img":true,"strength":0.5')
+    session.shot("text2image-img2img")
+    session.assert_clean()
 
 
 def test_sampling_compare_in_the_browser(browser, app_server):
