@@ -125,7 +125,7 @@ def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
 def launch_kwargs(settings: AppSettings, tr: Translator) -> dict:
     """Arguments for ``demo.launch`` shared by ``main`` and the tests."""
     return dict(
-        i18n=tr.i18n, css=CSS, show_error=False,
+        i18n=tr.i18n, css=CSS, show_error=True,
         max_file_size=f"{settings.max_upload_mb}mb",
         allowed_paths=[], footer_links=["api", "gradio", "settings"],
     )

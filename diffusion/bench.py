@@ -7,6 +7,7 @@ Usage::
     python -m diffusion.bench sampling [--model-dir DIR | --random-tiny] [--repeat N]
     python -m diffusion.bench denoise [--size 384] [--repeat N]
     python -m diffusion.bench text2image [--steps 30] [--repeat N] [--sd15]
+    python -m diffusion.bench load [--students 30] [--seconds 60]
 
 Subcommands:
 
@@ -39,6 +40,9 @@ denoise
 
 text2image
     Lesson 5: see :mod:`diffusion.bench_text2image`.
+
+load
+    A classroom of simulated students on one server: see :mod:`diffusion.bench_load`.
 
 Each subcommand is a ``_add_<name>`` function that registers its parser and sets
 ``func``; further lessons add theirs to ``SUBCOMMANDS``.
@@ -382,9 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffusion.bench",
                                      description="Diffusion Lab benchmarks.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from diffusion import bench_text2image  # lesson 5
+    from diffusion import bench_load, bench_text2image  # lesson 5 and the classroom load test
 
-    for add in (*SUBCOMMANDS, bench_text2image.add_subcommand):
+    for add in (*SUBCOMMANDS, bench_text2image.add_subcommand, bench_load.add_subcommand):
         add(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)

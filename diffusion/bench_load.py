@@ -1,0 +1,257 @@
+"""``python -m diffusion.bench load``: a whole classroom on one server.
+
+Starts the real app (``python app.py``) in a child process on loopback, then N
+simulated students (threads, each with its own ``gradio_client.Client``) use it for
+a bounded time with a realistic mix: mostly the heat equation and forward noising,
+some sampling and denoising, a few text-to-image runs, and some double clicks
+(the same request sent twice at once). Every request must complete without a
+server error.
+
+Reported per endpoint: completed and failed requests, p50 and p95 latency (from
+submit to the last output) and queue wait (from submit until the server starts
+the job), plus the peak resident memory of the server process. The light
+endpoints (heat, noising) run in their own concurrency group, so their p95 stays
+interactive while model jobs queue one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHT = ("heat_simulate", "forward_noise")
+
+
+@dataclass
+class Stats:
+    """What the students saw, per endpoint."""
+
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    queue: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    failed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, seconds: float, waited: float | None, error: str | None) -> None:
+        with self.lock:
+            if error is None:
+                self.latency[name].append(seconds)
+                if waited is not None:
+                    self.queue[name].append(waited)
+            else:
+                self.failed[name].append(error)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, extra: list[str]) -> subprocess.Popen:
+    """``python app.py`` on 127.0.0.1:port, offline; returns once it answers HTTP."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                "--log-level", "WARNING", *extra], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import urllib.request
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited: {process.stderr.read()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read(100)
+            return process
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("the app did not start within 180 s")
+
+
+def _example() -> str:
+    from diffusion.examples import list_examples
+
+    return str(next(p for p in list_examples() if p.name == "coffee.png"))
+
+
+def actions(example: str) -> dict[str, tuple[float, dict[str, Any]]]:
+    """Endpoint → (share of requests, arguments): quick settings a student would try first."""
+    from gradio_client import handle_file
+
+    return {
+        "heat_simulate": (0.40, dict(initial_condition="spike", custom_expression="exp(-(x-50)**2/20)",
+                                     diffusivity=0.1, length=100.0, n_points=400, t_end=20.0, n_steps=2000,
+                                     scheme="ftcs", boundary="dirichlet", sine_mode=1, seed=0, lang="en")),
+        "forward_noise": (0.30, dict(image=handle_file(example), schedule="linear", num_train_timesteps=1000,
+                                     t=300, seed=0, lang="en")),
+        "sample": (0.12, dict(sampler="ddim", num_inference_steps=20, eta=0.0, seed=0, batch_size=4, digit="random",
+                              guidance_scale=2.0, lang="en")),
+        "denoise": (0.12, dict(image=handle_file(example), sigma=25, seed=0,
+                               methods=["diffusion_one_step", "gaussian_heat", "total_variation"], sigma_override=0,
+                               steps=4, eta=0.0, color="opponent", max_side=192, zoom_x=50, zoom_y=50,
+                               zoom_size=32, lang="en")),
+        "text_to_image": (0.06, dict(prompt="a small red circle at the top left on a white background",
+                                     num_inference_steps=20)),
+    }
+
+
+def _one_request(client: Any, name: str, kwargs: dict[str, Any], stats: Stats) -> None:
+    from gradio_client.utils import Status
+
+    start = time.perf_counter()
+    waited = None
+    try:
+        job = client.submit(**kwargs, api_name=f"/{name}")
+        while not job.done():
+            code = job.status().code
+            if waited is None and code not in (Status.STARTING, Status.JOINING_QUEUE, Status.QUEUE, Status.SENDING_DATA):
+                waited = time.perf_counter() - start
+            time.sleep(0.01)
+        job.result()
+        stats.add(name, time.perf_counter() - start, waited, None)
+    except Exception as error:  # noqa: BLE001 - every failure is counted and shown
+        stats.add(name, time.perf_counter() - start, None, f"{type(error).__name__}: {str(error)[:120]}")
+
+
+def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, tuple[float, dict]]) -> None:
+    """One student: think, click, sometimes double-click, until the bell."""
+    from gradio_client import Client
+
+    rng = random.Random(seed)
+    client = Client(url, verbose=False)
+    names, weights = list(mix), [w for w, _ in mix.values()]
+    while time.monotonic() < deadline:
+        name = rng.choices(names, weights)[0]
+        kwargs = dict(mix[name][1], **({"seed": rng.randrange(1000)} if "seed" in mix[name][1] else {}))
+        if rng.random() < 0.1:  # a double click: the same request twice at once
+            twin = threading.Thread(target=_one_request, args=(client, name, kwargs, stats))
+            twin.start()
+            _one_request(client, name, kwargs, stats)
+            twin.join()
+        else:
+            _one_request(client, name, kwargs, stats)
+        time.sleep(rng.uniform(0.5, 2.0))  # reading the result
+
+
+def run_load(students: int, seconds: float, url: str | None = None, extra: list[str] | None = None
+             ) -> dict[str, Any]:
+    """Run the classroom; returns the figures (also used by the test suite's small version)."""
+    import psutil
+
+    process = None
+    if url is None:
+        port = _free_port()
+        process = start_server(port, extra or [])
+        url = f"http://127.0.0.1:{port}/"
+    peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        if process is None:
+            return
+        server = psutil.Process(process.pid)
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], server.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    stats = Stats()
+    mix = actions(_example())
+    start = time.monotonic()
+    deadline = start + seconds
+    threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix)) for i in range(students)]
+    for i, thread in enumerate(threads):
+        thread.start()
+        time.sleep(min(0.1, seconds / max(students, 1) / 10))  # the class arrives within seconds, not at once
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - start
+    # The server still answers a fresh request after the rush.
+    after = Stats()
+    _one_request(__import__("gradio_client").Client(url, verbose=False), "heat_simulate",
+                 mix["heat_simulate"][1], after)
+    done.set()
+    if process is not None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    report: dict[str, Any] = {"students": students, "seconds": round(wall, 1), "endpoints": {},
+                              "peak_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None,
+                              "healthy_after": not after.failed}
+    for name in mix:
+        lat, queue = stats.latency.get(name, []), stats.queue.get(name, [])
+        report["endpoints"][name] = {
+            "completed": len(lat), "failed": len(stats.failed.get(name, [])),
+            "errors": sorted(set(stats.failed.get(name, [])))[:3],
+            "p50_s": _pct(lat, 50), "p95_s": _pct(lat, 95),
+            "queue_p50_s": _pct(queue, 50), "queue_p95_s": _pct(queue, 95)}
+    total = sum(e["completed"] for e in report["endpoints"].values())
+    failed = sum(e["failed"] for e in report["endpoints"].values())
+    report.update(completed=total, failed=failed,
+                  light_p95_s=max((report["endpoints"][n]["p95_s"] or 0.0) for n in LIGHT))
+    return report
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"{report['students']} students for {report['seconds']} s: {report['completed']} requests completed, "
+          f"{report['failed']} failed; server peak RSS {report['peak_rss_mb']} MB; "
+          f"answers afterwards: {'yes' if report['healthy_after'] else 'NO'}")
+    print("| endpoint | completed | failed | p50 s | p95 s | queue p50 s | queue p95 s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, e in report["endpoints"].items():
+        print(f"| {name} | {e['completed']} | {e['failed']} | {e['p50_s']} | {e['p95_s']} | "
+              f"{e['queue_p50_s']} | {e['queue_p95_s']} |")
+        for error in e["errors"]:
+            print(f"|   error | {error} |")
+    print(f"light endpoints' p95: {report['light_p95_s']} s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the classroom against this machine only, print the table; exit 1 on any failure."""
+    from urllib.parse import urlparse
+
+    if args.url and urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        print("error: --url must point at this machine (127.0.0.1 or localhost): a load test is not for "
+              "other people's servers", file=sys.stderr)
+        return 2
+    report = run_load(args.students, args.seconds, args.url)
+    print_report(report)
+    if args.out:
+        import json
+
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0 if report["failed"] == 0 and report["healthy_after"] else 1
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``load`` with ``python -m diffusion.bench``."""
+    parser = subparsers.add_parser("load", help="N simulated students on one server (loopback only)",
+                                   description=__doc__.split("\n\n")[1])
+    parser.add_argument("--students", type=int, default=30, help="default 30")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long they keep clicking (default 60)")
+    parser.add_argument("--url", help="an app that is already running on this machine (default: start one)")
+    parser.add_argument("--out", help="write the JSON report here")
+    parser.set_defaults(func=run)
