@@ -220,6 +220,7 @@ class Generation:
     img2img: bool = False
     start_t: float | None = None
     device: str = "cpu"
+    fallback: str | None = None  # what was changed to finish the run (after running out of GPU memory)
     decoder: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -244,7 +245,7 @@ class Generation:
                 "prompt": r.prompt, "negative_prompt": r.negative_prompt, "width": r.width, "height": r.height,
                 "batch_size": r.batch_size, "steps_run": len(self), "stopped": self.stopped,
                 "img2img": self.img2img, "strength": r.strength if self.img2img else None,
-                "start_t": self.start_t, "device": self.device}
+                "start_t": self.start_t, "device": self.device, "fallback": self.fallback}
 
 
 class _Recorder:
@@ -361,6 +362,28 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
                       seconds=seconds, stopped=stopped[0], img2img=init_image is not None,
                       start_t=recorder.timesteps[0] if recorder.timesteps else None, device=str(device),
                       decoder=lambda z: decode_latents(vae, z))
+
+
+def generate_within_memory(pipe: Any, request: T2IRequest, **kwargs: Any) -> Generation:
+    """:func:`generate`, recovering from a GPU out-of-memory error instead of failing the server.
+
+    The cache is emptied and a batch is retried one picture at a time; a single picture
+    that does not fit is reported as a clear error, and the process keeps serving.
+
+    Raises:
+        InputError: ``out_of_memory`` when even one picture does not fit.
+    """
+    try:
+        return generate(pipe, request, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if request.batch_size == 1:
+            raise InputError("out_of_memory", "The GPU ran out of memory for a {w}×{h} picture; choose a smaller "
+                             "size or fewer steps.", w=request.width, h=request.height) from None
+    run = generate(pipe, replace(request, batch_size=1), **kwargs)
+    run.request, run.fallback = request, "batch_size=1 (the GPU ran out of memory for the whole batch)"
+    return run
 
 
 @torch.no_grad()

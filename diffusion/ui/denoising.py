@@ -528,6 +528,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                 denoiser = models.load_denoiser(device)
             except models.ModelUnavailable:
                 chosen = [m for m in chosen if m not in DIFFUSION_METHODS]
+                if not chosen:  # only the model was asked for: say why nothing can be done
+                    raise
                 notices.append(("denoising.no_model", {}))
         if "bm3d" in chosen and not classical.bm3d_available():
             chosen.remove("bm3d")

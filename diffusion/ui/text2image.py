@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from diffusion import models
 from diffusion import text2image as t2i
@@ -91,6 +92,7 @@ STRINGS = {
         "error.model_load_failed": "The model {model} could not be loaded ({reason}). The embedded model still works.",
         "error.no_steps": "This run was stopped before its first step.",
         "error.t2i_no_run": "Generate pictures first.",
+        "error.out_of_memory": "The GPU ran out of memory for a {w}×{h} picture; choose a smaller size or fewer steps.",
         "error.t2i_run_expired": "This run is no longer kept; generate again.",
     },
     "zh-CN": {
@@ -144,6 +146,7 @@ STRINGS = {
         "error.model_load_failed": "无法加载模型 {model}（{reason}）。内置模型仍然可用。",
         "error.no_steps": "这次运行在第一步之前就停止了。",
         "error.t2i_no_run": "请先生成图片。",
+        "error.out_of_memory": "生成 {w}×{h} 的图片时 GPU 显存不足；请选择更小的尺寸或更少的步数。",
         "error.t2i_run_expired": "这次运行已不再保存，请重新生成。",
     },
 }
@@ -242,12 +245,11 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         start = None
         if init_image:
             pixels, _ = load_image(check_upload(init_image), max_side=MAX_INIT_SIDE, mode="RGB")
-            from PIL import Image
             start = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
         unknown = t2i.unknown_words(pipe, request.prompt)
         note = tr.text("text2image.unknown", lang, words=", ".join(unknown)) if unknown else ""
-        live = LiveRun(lambda callback, stop_flag: t2i.generate(pipe, request, model=name, init_image=start,
-                                                                callback=callback, stop=stop_flag))
+        live = LiveRun(lambda callback, stop_flag: t2i.generate_within_memory(
+            pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag))
         RUNS.add_live(new_id, live)
         decode = (lambda z: t2i.decode_latents(pipe.vae, z))
         generation = None

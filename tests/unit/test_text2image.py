@@ -216,3 +216,27 @@ def test_unknown_words_are_listed_not_refused(pipe):
     assert t2i.unknown_words(pipe, "a red zebra circle, 42 zebra") == ["zebra", "42"]
     run = t2i.generate(pipe, _request(prompt="a red zebra circle"))
     assert len(run.images) == 1
+
+
+def test_running_out_of_gpu_memory_retries_smaller_then_reports(pipe, monkeypatch):
+    real = t2i.generate
+    calls = []
+
+    def tight_memory(p, request, **kwargs):  # a GPU that fits one picture at a time
+        calls.append(request.batch_size)
+        if request.batch_size > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(p, request, **kwargs)
+
+    monkeypatch.setattr(t2i, "generate", tight_memory)
+    run = t2i.generate_within_memory(pipe, _request(batch_size=3))
+    assert calls == [3, 1] and len(run.images) == 1 and run.request.batch_size == 3
+    assert "batch_size=1" in run.summary()["fallback"]
+
+    def no_memory(p, request, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(t2i, "generate", no_memory)
+    with pytest.raises(InputError) as caught:
+        t2i.generate_within_memory(pipe, _request())
+    assert caught.value.code == "out_of_memory"
