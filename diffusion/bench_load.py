@@ -117,7 +117,7 @@ def _one_request(client: Any, name: str, kwargs: dict[str, Any], stats: Stats) -
         job = client.submit(**kwargs, api_name=f"/{name}")
         while not job.done():
             code = job.status().code
-            if waited is None and code not in (Status.STARTING, Status.JOINING_QUEUE, Status.QUEUE, Status.SENDING_DATA):
+            if waited is None and code in (Status.PROCESSING, Status.ITERATING, Status.PROGRESS, Status.FINISHED):
                 waited = time.perf_counter() - start
             time.sleep(0.01)
         job.result()
@@ -184,9 +184,10 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
         thread.join()
     wall = time.monotonic() - start
     # The server still answers a fresh request after the rush.
+    from gradio_client import Client
+
     after = Stats()
-    _one_request(__import__("gradio_client").Client(url, verbose=False), "heat_simulate",
-                 mix["heat_simulate"][1], after)
+    _one_request(Client(url, verbose=False), "heat_simulate", mix["heat_simulate"][1], after)
     done.set()
     if process is not None:
         process.terminate()
