@@ -119,7 +119,8 @@ STRINGS = {
         "sampling.compare_stopped": "Stopped. Completed runs are shown; press Run both to start again.",
         "sampling.no_model": "**This lesson is switched off:** the digit model is not installed on this server, or it failed to load. The other tabs work.",
         "error.bad_digit": "The digit must be 0–9 or random (got {value}).",
-        "error.model_unavailable": "The {name} model is not available on this server, so this lesson is switched off. The other tabs still work.",
+        "error.model_unavailable": ("The {name} model is not available on this server (its files are missing or "
+                                    "damaged). Everything that does not need it still works."),
         "error.run_expired": "This run is no longer in the server's memory. Please press Sample again.",
         "error.no_run": "Run the sampler first; then the slider and the GIF export replay that run.",
         "sampling.intro": (
@@ -186,7 +187,7 @@ STRINGS = {
         "sampling.compare_stopped": "已停止。已完成的结果仍然显示；按“同时运行两者”可重新开始。",
         "sampling.no_model": "**本课已关闭：**服务器上没有安装数字模型，或模型加载失败。其他标签页可以正常使用。",
         "error.bad_digit": "数字必须是 0–9 或“随机”（当前为 {value}）。",
-        "error.model_unavailable": "服务器上没有可用的 {name} 模型，因此本课暂时关闭；其他标签页仍可正常使用。",
+        "error.model_unavailable": "服务器上的 {name} 模型不可用（文件缺失或已损坏）。不需要它的功能仍可正常使用。",
         "error.run_expired": "这次采样已不在服务器内存中。请重新点击“采样”。",
         "error.no_run": "请先运行采样器；之后滑块和 GIF 导出会回放那次采样。",
         "sampling.intro": (
