@@ -119,14 +119,15 @@ def _one_request(client: Any, name: str, kwargs: dict[str, Any], stats: Stats) -
             code = job.status().code
             if waited is None and code in (Status.PROCESSING, Status.ITERATING, Status.PROGRESS, Status.FINISHED):
                 waited = time.perf_counter() - start
-            time.sleep(0.01)
+            time.sleep(0.05)
         job.result()
         stats.add(name, time.perf_counter() - start, waited, None)
     except Exception as error:  # noqa: BLE001 - every failure is counted and shown
         stats.add(name, time.perf_counter() - start, None, f"{type(error).__name__}: {str(error)[:120]}")
 
 
-def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, tuple[float, dict]]) -> None:
+def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, tuple[float, dict]],
+            think: tuple[float, float] = (3.0, 12.0)) -> None:
     """One student: think, click, sometimes double-click, until the bell."""
     from gradio_client import Client
 
@@ -143,11 +144,11 @@ def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, t
             twin.join()
         else:
             _one_request(client, name, kwargs, stats)
-        time.sleep(rng.uniform(0.5, 2.0))  # reading the result
+        time.sleep(rng.uniform(*think))  # looking at the result, moving a slider
 
 
-def run_load(students: int, seconds: float, url: str | None = None, extra: list[str] | None = None
-             ) -> dict[str, Any]:
+def run_load(students: int, seconds: float, url: str | None = None, extra: list[str] | None = None,
+             think: tuple[float, float] = (3.0, 12.0)) -> dict[str, Any]:
     """Run the classroom; returns the figures (also used by the test suite's small version)."""
     import psutil
 
@@ -176,7 +177,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     mix = actions(_example())
     start = time.monotonic()
     deadline = start + seconds
-    threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix)) for i in range(students)]
+    threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix, think)) for i in range(students)]
     for i, thread in enumerate(threads):
         thread.start()
         time.sleep(min(0.1, seconds / max(students, 1) / 10))  # the class arrives within seconds, not at once
@@ -195,7 +196,8 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-    report: dict[str, Any] = {"students": students, "seconds": round(wall, 1), "endpoints": {},
+    report: dict[str, Any] = {"students": students, "seconds": round(wall, 1), "think_s": list(think),
+                              "endpoints": {},
                               "peak_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None,
                               "healthy_after": not after.failed}
     for name in mix:
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --url must point at this machine (127.0.0.1 or localhost): a load test is not for "
               "other people's servers", file=sys.stderr)
         return 2
-    report = run_load(args.students, args.seconds, args.url)
+    report = run_load(args.students, args.seconds, args.url, think=(args.think_min, args.think_max))
     print_report(report)
     if args.out:
         import json
@@ -253,6 +255,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__.split("\n\n")[1])
     parser.add_argument("--students", type=int, default=30, help="default 30")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long they keep clicking (default 60)")
+    parser.add_argument("--think-min", type=float, default=3.0, help="shortest pause between clicks, s (default 3)")
+    parser.add_argument("--think-max", type=float, default=12.0, help="longest pause between clicks, s (default 12)")
     parser.add_argument("--url", help="an app that is already running on this machine (default: start one)")
     parser.add_argument("--out", help="write the JSON report here")
     parser.set_defaults(func=run)
