@@ -15,7 +15,8 @@ from diffusion.ui import common
 
 CORE = Path(__file__).resolve().parents[2] / "diffusion"
 # Command-line tools report errors in English only; everything else can reach the UI.
-CLI_ONLY = {"train.py", "train_denoiser.py", "data.py", "bench.py", "evaluate.py", "evaluate_denoise.py"}
+CLI_ONLY = {"train.py", "train_denoiser.py", "train_text2image.py", "data.py", "bench.py", "bench_text2image.py",
+            "bench_load.py", "evaluate.py", "evaluate_denoise.py", "evaluate_text2image.py"}
 
 
 @pytest.fixture(scope="module")
