@@ -35,9 +35,7 @@ A100_SD15_SECONDS = 1.6  # published: SD 1.5, 512×512, 50 steps, fp16, SDPA, on
 
 def _bare(pipe, request: t2i.T2IRequest) -> np.ndarray:
     generator = torch.Generator("cpu").manual_seed(request.seed)
-    scheduler = t2i.make_scheduler(request.scheduler, pipe.scheduler.config)
-    run = type(pipe)(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
-    run.set_progress_bar_config(disable=True)
+    run = t2i.with_scheduler(pipe, request.scheduler)
     image = run(request.prompt, num_inference_steps=request.num_inference_steps,
                 guidance_scale=request.guidance_scale, generator=generator, width=request.width,
                 height=request.height).images[0]

@@ -47,9 +47,7 @@ def accuracy(readings: list[dict[str, Any]], scenes: list[shapes.Scene]) -> dict
 def generate_pictures(pipe: Any, prompts: list[str], request: t2i.T2IRequest, batch: int = 50) -> list[np.ndarray]:
     """One picture per prompt, prompt ``i`` seeded with ``request.seed + i`` (uint8 RGB arrays)."""
     pictures = []
-    scheduler = t2i.make_scheduler(request.scheduler, pipe.scheduler.config)
-    run = type(pipe)(**{**pipe.components, "scheduler": scheduler}, requires_safety_checker=False)
-    run.set_progress_bar_config(disable=True)
+    run = t2i.with_scheduler(pipe, request.scheduler)
     for start in range(0, len(prompts), batch):
         chunk = prompts[start:start + batch]
         generators = [torch.Generator("cpu").manual_seed(request.seed + start + i) for i in range(len(chunk))]

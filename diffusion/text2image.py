@@ -185,6 +185,15 @@ def make_scheduler(name: str, base_config: Any) -> Any:
     return cls.from_config(base_config, **overrides)
 
 
+def with_scheduler(pipe: Any, name: str) -> Any:
+    """A pipeline object sharing ``pipe``'s weights with a fresh scheduler of kind ``name`` (``pipe`` is untouched)."""
+    extra = {"requires_safety_checker": False} if "requires_safety_checker" in inspect.signature(
+        type(pipe).__init__).parameters else {}
+    run_pipe = type(pipe)(**{**pipe.components, "scheduler": make_scheduler(name, pipe.scheduler.config)}, **extra)
+    run_pipe.set_progress_bar_config(disable=True)
+    return run_pipe
+
+
 def unknown_words(pipe: Any, prompt: str) -> list[str]:
     """Words of ``prompt`` that a small-vocabulary tokenizer (the embedded model's) has no token for.
 
@@ -312,14 +321,13 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
     Returns:
         The images (PIL, the VAE's decoding of the last latent) and the recorded run.
     """
-    scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
     if init_image is not None:
+        scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
         run_pipe = AutoPipelineForImage2Image.from_pipe(pipe, scheduler=scheduler)
+        run_pipe.set_progress_bar_config(disable=True)
     else:
-        extra = {"requires_safety_checker": False} if "requires_safety_checker" in inspect.signature(
-            type(pipe).__init__).parameters else {}
-        run_pipe = type(pipe)(**{**pipe.components, "scheduler": scheduler}, **extra)
-    run_pipe.set_progress_bar_config(disable=True)
+        run_pipe = with_scheduler(pipe, request.scheduler)
+        scheduler = run_pipe.scheduler
     recorder = _Recorder(scheduler, record)
     stopped = [False]
 
