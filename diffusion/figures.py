@@ -15,6 +15,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+# gradio's Plot component imports pyplot lazily while it renders a figure. Two
+# first requests rendering at once in two worker threads then race on pyplot's
+# half-finished import ("partially initialized module ... switch_backend"). We
+# never draw with pyplot ourselves; importing it here, once, at start-up in the
+# main thread is what makes those later imports safe.
+import matplotlib.pyplot  # noqa: E402,F401
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402

@@ -181,3 +181,16 @@ def test_gpu_task_is_a_no_op_without_spaces(monkeypatch):
         return x + 1
 
     assert common.gpu_task(30)(work) is work
+
+
+def test_pyplot_is_imported_once_at_start_up_not_by_racing_request_threads():
+    """gradio's Plot imports pyplot lazily; two first requests at once used to race on it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app; "
+            "assert 'matplotlib.pyplot' in sys.modules, 'pyplot is left for request threads to import'")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
