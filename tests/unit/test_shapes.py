@@ -85,6 +85,30 @@ def test_training_runs_resumes_and_exports_a_standard_pipeline(tmp_path):
     assert t2i.unknown_words(pipe, "a red qwerty star") == ["qwerty"]
 
 
+def test_the_vae_loss_weights_the_shape_pixels():
+    import torch
+
+    from diffusion.train_text2image import build_vae, shape_mask, to_pixels, vae_loss
+    images, scenes = shapes.dataset(4, seed=5)
+    mask = shape_mask(images, scenes)
+    for image, scene, m in zip(images, scenes, mask):
+        background = np.all(image == shapes.COLOURS[scene.background], axis=-1)
+        assert m[0][background].sum() == 0 and m[0][~background].mean() > 0.9  # antialiased rim counts as shape
+        assert 0.005 < m.mean() < 0.5
+    torch.manual_seed(0)
+    vae = build_vae((8, 8), latent_channels=2)
+    x = to_pixels(images)
+    plain = vae_loss(vae, x, 0.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(plain, vae_loss(vae, x, 0.0, torch.Generator().manual_seed(1), torch.ones_like(mask)))
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist
+        r = vae.decode(z.mean + z.std * torch.randn(z.mean.shape, generator=torch.Generator().manual_seed(1))).sample
+    weight = 1 + 9 * mask
+    expected = (weight * (r - x).abs()).sum() / (3 * weight.sum())
+    got = vae_loss(vae, x, 0.0, torch.Generator().manual_seed(1), weight)
+    assert torch.allclose(got, expected, rtol=1e-4)
+
+
 def test_the_evaluation_reports_accuracy_per_attribute(tmp_path, capsys):
     images, scenes = shapes.dataset(20, seed=2)
     from diffusion.evaluate_text2image import accuracy
