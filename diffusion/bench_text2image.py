@@ -6,7 +6,8 @@ In one run, on the same pipeline, prompt, seed, scheduler and steps:
 * **lesson**: :func:`diffusion.text2image.generate` as the tab runs it, in a worker
   thread (:class:`~diffusion.ui.sampling.LiveRun`) with every step recorded, while the
   streaming side picks the newest step about four times a second and renders its latent
-  and its VAE-decoded x̂₀, exactly like the tab's preview.
+  and, paced by :class:`~diffusion.text2image.PreviewPacer`, its VAE-decoded x̂₀, then
+  the final frame, exactly like the tab.
 
 Runs alternate (bare, lesson, bare, …) and the medians are compared; the target is a
 ratio ≤ 1.10. The two must also produce the same pixels (exit status 1 if not).
@@ -46,10 +47,16 @@ def _lesson(pipe, request: t2i.T2IRequest) -> np.ndarray:
     from diffusion.ui.sampling import LiveRun  # the tab's own streaming machinery
 
     live = LiveRun(lambda callback, stop: t2i.generate(pipe, request, callback=callback, stop=stop))
+    decode = (lambda z: t2i.decode_latents(pipe.vae, z))
+    pacer = t2i.PreviewPacer()
     for info in live.steps():
         t2i.latent_picture(info.x_t)
-        t2i.to_uint8(t2i.decode_latents(pipe.vae, info.x0_pred))
-    return np.asarray(live.result.images[0])
+        if pacer.due():
+            pacer.decode(decode, info.x0_pred)
+    generation = live.result
+    last = generation.frame(len(generation) - 1)  # the tab's final frame: latent and decoded x̂₀
+    t2i.latent_picture(last.x_t), t2i.to_uint8(decode(last.x0_pred))
+    return np.asarray(generation.images[0])
 
 
 def _sync(device: torch.device) -> None:

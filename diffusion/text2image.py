@@ -406,6 +406,37 @@ def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return ((pixels.float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+PREVIEW_SHARE = 0.05  # at most ~5 % of a run's time goes into VAE-decoding live previews
+
+
+class PreviewPacer:
+    """Keeps the VAE decoding of live x̂₀ previews to a small share of the run's time.
+
+    The latent preview (:func:`latent_picture`) is nearly free and shown every
+    frame; decoding x̂₀ costs a VAE pass, which on a tiny model is as slow as the
+    whole denoising step and on Stable Diffusion at 512² is not cheap either. The
+    first preview is always decoded; after that a frame is decoded only while the
+    decoding time so far stays within ``share`` × the time since the run started,
+    so small models decode often and big ones every few seconds, without tuning.
+    """
+
+    def __init__(self, share: float = PREVIEW_SHARE, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.share, self._clock = share, clock
+        self.start, self.spent, self.decoded = clock(), 0.0, 0
+
+    def due(self) -> bool:
+        """Whether the next preview may be decoded."""
+        return self.spent <= self.share * (self._clock() - self.start)
+
+    def decode(self, decoder: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor) -> np.ndarray:
+        """``decoder(latents)`` as a uint8 strip, its time counted."""
+        begin = self._clock()
+        picture = to_uint8(decoder(latents))
+        self.spent += self._clock() - begin
+        self.decoded += 1
+        return picture
+
+
 def latent_picture(latents: torch.Tensor) -> np.ndarray:
     """A look inside latent space: the first three channels as RGB, each stretched to its ±3σ range.
 

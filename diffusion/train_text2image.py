@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import string
 from pathlib import Path
 from typing import Any
@@ -98,12 +99,23 @@ def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 64, layers: int = 
     return CLIPTextModel(config)
 
 
+def norm_groups(channels: tuple[int, ...]) -> int:
+    """GroupNorm groups with at least 4 channels each (at most 8 groups).
+
+    One channel per group would normalise every channel's spatial mean away: a flat
+    background colour could then pass only through the skip connections, and the
+    decoder's last norm could not put it back at all.
+    """
+    common = math.gcd(*channels)
+    return max(g for g in range(1, 9) if common % g == 0 and common // g >= 4 or g == 1)
+
+
 def build_vae(channels: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int = 8) -> AutoencoderKL:
     """``AutoencoderKL`` halving the side once per extra entry of ``channels``: 64 → 8 for four."""
     n = len(channels)
     return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
                          up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=channels,
-                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=min(32, channels[0]),
+                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=norm_groups(channels),
                          sample_size=shapes.IMAGE_SIZE)
 
 
@@ -117,7 +129,7 @@ def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size:
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=8,
-        norm_num_groups=min(32, channels[0]))
+        norm_num_groups=norm_groups(channels))
 
 
 def training_caption(scene: shapes.Scene, rng: np.random.Generator, args: argparse.Namespace) -> str:

@@ -16,7 +16,9 @@ import html
 import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +187,48 @@ class Translator:
             return self.text(key, lang, **params)
         except (KeyError, IndexError, ValueError):
             return str(err)
+
+
+class LRUCache:
+    """A small thread-safe LRU, bounded in count, that makes each missing value once.
+
+    When many requests miss the same key at once (a class opening the page together),
+    the first one computes the value and the others wait for it instead of all
+    computing it side by side. If making fails, the next waiter tries itself.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._making: dict[Hashable, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_make(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    self.hits += 1
+                    return self._items[key]
+                pending = self._making.get(key)
+                if pending is None:
+                    pending = self._making[key] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()  # someone else is making it: use theirs (or try again if they failed)
+        try:
+            value = make()
+            with self._lock:
+                self._items[key] = value
+                self._items.move_to_end(key)
+                while len(self._items) > self.capacity:
+                    self._items.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                del self._making[key]
+            pending.set()
 
 
 def normalize_lang(lang: Any) -> str:

@@ -9,7 +9,16 @@ import gradio as gr
 import numpy as np
 
 from diffusion import heat, heat_plots
-from diffusion.ui.common import LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input
+from diffusion.ui.common import (
+    LANG_JS,
+    LATEX,
+    AppSettings,
+    LRUCache,
+    Translator,
+    guarded,
+    lang_input,
+    normalize_lang,
+)
 
 DEFAULTS = heat.HeatParams()
 
@@ -245,6 +254,10 @@ STRINGS = {
 }
 
 
+# Finished runs with their rendered plots, by (validated settings, language): a few MB at most.
+_RUNS = LRUCache(capacity=16)
+
+
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Build the heat-equation tab and wire its events (it also runs once on page load)."""
     lo, hi = heat.LIMITS["n_points"]
@@ -288,28 +301,37 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     state = gr.State(None)
     inputs = [ic, expr, d, length, n, t_end, m, scheme, bc, k, seed]
 
-    @guarded(tr)
-    def simulate(initial_condition, custom_expression, diffusivity, length, n_points, t_end, n_steps,
-                 scheme, boundary, sine_mode, seed, lang):
-        result = heat.simulate(heat.HeatParams(
-            initial_condition=initial_condition, custom_expression=custom_expression,
-            diffusivity=diffusivity, length=length, n_points=n_points, t_end=t_end, n_steps=n_steps,
-            scheme=scheme, boundary=boundary, sine_mode=sine_mode, seed=seed))
+    def render(params: heat.HeatParams, lang: str) -> tuple:
+        result = heat.simulate(params)
         text = tr.table("heat.plot.", lang)
         last = _last_finite_frame(result)
         info = result.summary()
+        figures = (heat_plots.plot_heatmap(result, text), heat_plots.plot_profile(result, last, text),
+                   heat_plots.plot_error(result, text), heat_plots.plot_mass(result, text),
+                   heat_plots.plot_heat_kernel(result.params.diffusivity, result.params.t_end,
+                                               result.params.length, text))
+        # Rendered to PNG once here, so a cached answer is sent again without redrawing.
+        plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass, kernel), figures))
+        return _status(tr, result, info, lang), plots, result, info
+
+    @guarded(tr)
+    def simulate(initial_condition, custom_expression, diffusivity, length, n_points, t_end, n_steps,
+                 scheme, boundary, sine_mode, seed, lang):
+        params = heat.HeatParams(
+            initial_condition=initial_condition, custom_expression=custom_expression,
+            diffusivity=diffusivity, length=length, n_points=n_points, t_end=t_end, n_steps=n_steps,
+            scheme=scheme, boundary=boundary, sine_mode=sine_mode, seed=seed).validated()
+        lang = normalize_lang(lang)
+        # Same settings, same answer: a class opening the page at once (which runs the
+        # defaults) or pressing Run on the same preset is drawn once, not thirty times.
+        status, (heat_map, profile_plot, error_plot, mass_plot, kernel_plot), result, info = _RUNS.get_or_make(
+            (params, lang), lambda: render(params, lang))
+        last = _last_finite_frame(result)
         return (
-            _status(tr, result, info, lang),
-            heat_plots.plot_heatmap(result, text),
-            heat_plots.plot_profile(result, last, text),
+            status, heat_map, profile_plot,
             gr.update(minimum=0, maximum=float(result.times[-1]), value=float(result.times[last]),
                       step=float(result.times[1] - result.times[0]) if len(result.times) > 1 else 1),
-            heat_plots.plot_error(result, text),
-            heat_plots.plot_mass(result, text),
-            heat_plots.plot_heat_kernel(result.params.diffusivity, result.params.t_end,
-                                        result.params.length, text),
-            result,
-            info,
+            error_plot, mass_plot, kernel_plot, result, dict(info),
         )
 
     @guarded(tr)

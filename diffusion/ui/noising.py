@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
@@ -14,7 +12,16 @@ import numpy as np
 from diffusion import images, noising, noising_plots
 from diffusion.errors import check_range
 from diffusion.examples import list_examples
-from diffusion.ui.common import LANG_JS, LATEX, AppSettings, ImageInput, Translator, guarded, lang_input
+from diffusion.ui.common import (
+    LANG_JS,
+    LATEX,
+    AppSettings,
+    ImageInput,
+    LRUCache,
+    Translator,
+    guarded,
+    lang_input,
+)
 
 DEFAULT_T = 250
 STRIP_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -151,31 +158,9 @@ STRINGS = {
 }
 
 
-class _Cache:
-    """A small thread-safe LRU: decoded images and step-by-step chains, bounded in count."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_or_make(self, key, make):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return value
-
-
 # Each chain holds at most T/50 checkpoints of one ≤256×256 image (≤ 16 MB at T = 1000).
-_IMAGES = _Cache(capacity=32)
-_CHAINS = _Cache(capacity=12)
+_IMAGES = LRUCache(capacity=32)
+_CHAINS = LRUCache(capacity=12)
 
 
 def _load(path: str | None) -> tuple[str, np.ndarray, dict]:

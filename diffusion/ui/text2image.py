@@ -256,12 +256,14 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag))
         RUNS.add_live(new_id, live)
         decode = (lambda z: t2i.decode_latents(pipe.vae, z))
+        pacer = t2i.PreviewPacer()
         generation = None
         try:
             for info in live.steps():
                 text = tr.text("text2image.progress", lang, step=info.step + 1, total=info.total, t=info.t,
                                seconds=time.perf_counter() - live.started)
-                yield (progress_html((info.step + 1) / info.total, text), *_pictures(info, decode),
+                x0 = pacer.decode(decode, info.x0_pred) if pacer.due() else gr.skip()
+                yield (progress_html((info.step + 1) / info.total, text), t2i.latent_picture(info.x_t), x0,
                        gr.skip(), gr.skip(), note, gr.skip(), gr.skip())
             generation = live.result
         finally:

@@ -240,3 +240,28 @@ def test_running_out_of_gpu_memory_retries_smaller_then_reports(pipe, monkeypatc
     with pytest.raises(InputError) as caught:
         t2i.generate_within_memory(pipe, _request())
     assert caught.value.code == "out_of_memory"
+
+
+def test_the_preview_pacer_keeps_decoding_to_its_share_of_the_run():
+    now = [0.0]
+    pacer = t2i.PreviewPacer(share=0.1, clock=lambda: now[0])
+
+    def slow_decoder(z):  # a VAE pass that takes 0.05 s of the fake clock
+        now[0] += 0.05
+        return torch.zeros(1, 3, 4, 4)
+
+    assert pacer.due()  # the first preview is always decoded
+    decoded = []
+    for frame in range(40):  # a frame every 0.05 s for 2 s
+        if pacer.due():
+            decoded.append(frame)
+            pacer.decode(slow_decoder, torch.zeros(1, 4, 1, 1))
+        now[0] += 0.05
+    assert decoded[0] == 0 and 1 < len(decoded) < 40
+    assert pacer.spent <= 0.1 * now[0] + 0.05  # within the share, give or take the one decode in flight
+    assert pacer.decoded == len(decoded)
+    fast = t2i.PreviewPacer(share=0.1, clock=lambda: now[0])
+    for _ in range(10):  # a free decoder never falls behind: every frame is decoded
+        assert fast.due()
+        fast.decode(lambda z: torch.zeros(1, 3, 2, 2), torch.zeros(1, 4, 1, 1))
+        now[0] += 0.05

@@ -194,3 +194,34 @@ def test_pyplot_is_imported_once_at_start_up_not_by_racing_request_threads():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
+
+
+def test_the_lru_cache_makes_each_value_once_even_under_a_stampede():
+    import threading
+    import time
+
+    cache = common.LRUCache(capacity=2)
+    calls = []
+
+    def make(key):
+        calls.append(key)
+        time.sleep(0.2)  # long enough for every thread to arrive while the first is making it
+        return key * 10
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_make(3, lambda: make(3))))
+               for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results == [30] * 8 and calls == [3] and (cache.hits, cache.misses) == (7, 1)
+    cache.get_or_make(4, lambda: make(4))
+    cache.get_or_make(5, lambda: make(5))  # capacity 2: 3 is the least recently used and goes
+    cache.get_or_make(3, lambda: make(3))
+    assert calls == [3, 4, 5, 3]
+
+    def broken():
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_make(9, broken)
+    assert cache.get_or_make(9, lambda: 90) == 90  # a failure is not cached, nor does it block the key
