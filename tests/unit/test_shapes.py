@@ -70,7 +70,7 @@ def test_training_runs_resumes_and_exports_a_standard_pipeline(tmp_path):
     out, export = tmp_path / "run", tmp_path / "export"
     tiny = ["--out", str(out), "--vae-steps", "3", "--vae-batch-size", "2", "--scenes", "64", "--batch-size", "4",
             "--channels", "32,32", "--text-width", "32", "--text-layers", "1", "--vae-channels", "32,32",
-            "--checkpoint-every", "2", "--log-every", "1", "--threads", "1"]
+            "--decoder-steps", "2", "--checkpoint-every", "2", "--log-every", "1", "--threads", "1"]
     assert train.main(["text2image", *tiny, "--steps", "4", "--stop-at", "2"]) == 0
     assert train.main(["text2image", *tiny, "--steps", "4"]) == 2  # an existing run needs --resume
     assert train.main(["text2image", *tiny, "--steps", "4", "--resume", "--export", str(export)]) == 0
@@ -78,6 +78,17 @@ def test_training_runs_resumes_and_exports_a_standard_pipeline(tmp_path):
     assert t2i.default_side(pipe) == 64 and pipe.vae.config.scaling_factor > 0
     info = json.loads((export / "train_info.json").read_text())
     assert info["vae"]["steps"] == 3 and info["diffusion"]["steps"] == 4 and info["diffusion"]["finished"]
+    assert info["decoder"]["steps"] == 2 and info["decoder"]["finished"]
+    assert pipe.vae.config.scaling_factor == info["diffusion"]["latent_scaling_factor"]
+    from diffusers import AutoencoderKL
+    import torch
+    stage1 = AutoencoderKL.from_pretrained(out / "vae" / "model", use_safetensors=True)
+    for (name, a), b in zip(stage1.state_dict().items(), pipe.vae.state_dict().values()):
+        if name.startswith(("encoder.", "quant_conv.")):  # stage 1b keeps the latent space
+            assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for name, a, b in zip(stage1.state_dict(), stage1.state_dict().values(),
+                                                           pipe.vae.state_dict().values())
+               if name.startswith("decoder."))
     # --stop-at paused the first stage; the resumed run finished it and then ran the second.
     assert [i["start_step"] for i in info["vae"]["invocations"]] == [0, 2]
     assert [i["start_step"] for i in info["diffusion"]["invocations"]] == [0]
