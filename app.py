@@ -22,7 +22,7 @@ import gradio as gr
 import torch
 
 import diffusion
-from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device
+from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
 from diffusion.ui import common, denoising, heat, noising, sampling, text2image
 from diffusion.ui.common import AppSettings, Translator
 
@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model jobs (sampling, denoising, text to image) run at once (default: %(default)s)")
     p.add_argument("--light-concurrency", type=int, default=8, metavar="N",
                    help="light CPU jobs (heat equation, noising) run at once (default: %(default)s)")
+    p.add_argument("--torch-threads", type=int, default=0, metavar="N",
+                   help="CPU threads per model job; 0 = half the cores, at most 4 (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests waiting in the queue before new ones are turned away (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=int, default=10, metavar="MB",
@@ -77,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("heavy_concurrency", "light_concurrency", "max_queue", "max_upload_mb"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.torch_threads < 0:
+        p.error("--torch-threads must be 0 (automatic) or more")
     return args
 
 
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse flags, build the app and serve it until interrupted."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.torch_threads or server_threads())
     settings = settings_from_args(args)
     demo, tr = create_app(settings)
     logging.getLogger("diffusion").info("device: %s", settings.device_label)

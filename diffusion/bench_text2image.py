@@ -116,13 +116,14 @@ def sd15_seconds(steps: int = 50, repeat: int = 3) -> float:
 
 def run_text2image(args: argparse.Namespace) -> int:
     """Print the overhead table (and the SD 1.5 timing on CUDA); exit 1 if the pixels disagree."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from diffusion.devices import server_threads
+
+    torch.set_num_threads(args.threads or server_threads())  # as the app serves it
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = models.load_text2image(args.model_dir, device)  # None: the embedded model
     request = t2i.T2IRequest(num_inference_steps=args.steps, scheduler=args.scheduler).validated(t2i.default_side(pipe))
     result = overhead(pipe, request, args.repeat)
-    print(f"lesson 5 on {device}: {request.scheduler}, {request.num_inference_steps} steps, "
+    print(f"lesson 5 on {device} ({torch.get_num_threads()} torch threads): {request.scheduler}, {request.num_inference_steps} steps, "
           f"{request.width}×{request.height}, guidance {request.guidance_scale:g}, median of {args.repeat}")
     print(f"  bare pipeline call        {result['bare_s']:.3f} s")
     print(f"  with previews + recording {result['lesson_s']:.3f} s   ratio {result['ratio']:.3f} (target ≤ 1.10)")
@@ -148,5 +149,5 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="alternating runs of each (default 5)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--sd15", action="store_true", help="on CUDA, also time the SD 1.5 architecture")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: as the app serves, half the cores, at most 4)")
     parser.set_defaults(func=run_text2image)

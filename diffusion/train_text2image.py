@@ -122,15 +122,23 @@ def build_vae(channels: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int
 
 
 def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size: int,
-               latent_channels: int = 8) -> UNet2DConditionModel:
-    """The latent ε-network: cross-attention to the text at every resolution but the lowest."""
+               latent_channels: int = 8, head_dim: int = 32) -> UNet2DConditionModel:
+    """The latent ε-network: cross-attention to the text at every resolution but the lowest.
+
+    Attention heads are ``head_dim`` wide (diffusers' ``attention_head_dim`` argument
+    is, for historical reasons, the number of heads per block). Eight heads of 4
+    channels each, as at 32 channels with diffusers' default of 8, could barely
+    pick single words out of the caption: the first run learnt the colour and
+    ignored every word after the fourth.
+    """
     n = len(channels)
+    heads = tuple(max(1, c // head_dim) for c in channels)
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+        layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=heads,
         norm_num_groups=norm_groups(channels))
 
 
@@ -226,6 +234,7 @@ def train_vae(args: argparse.Namespace, run_dir: Path, device: torch.device, set
 
 
 DECODER_KEYS = ("decoder_steps", "decoder_lr")  # stage 1b; the UNet stage does not depend on them
+UNET_KEYS = ("head_dim",)  # stage 2 only: the autoencoder does not depend on them
 
 
 def train_decoder(args: argparse.Namespace, run_dir: Path, device: torch.device, settings: dict[str, Any],
@@ -274,7 +283,7 @@ def train_decoder(args: argparse.Namespace, run_dir: Path, device: torch.device,
     stage_settings = dict(settings, **{key: getattr(args, key) for key in DECODER_KEYS})
     status = train.run_loop(_stage_args(args, steps=args.decoder_steps, export=str(folder / "model")), folder,
                             checkpoint, refined, ema, optimizer, lr_schedule, stage_settings,
-                            dict(base_info, stage="decoder"), one_step, None, 0, keep)
+                            dict(base_info, stage="decoder", settings=stage_settings), one_step, None, 0, keep)
     return status, (finished[0] if finished else None)
 
 
@@ -319,7 +328,7 @@ def run_text2image(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed + 1)
     text_encoder = build_text_encoder(tokenizer, args.text_width, args.text_layers)
-    unet = build_unet(args.channels, args.text_width, mean.shape[-1], args.latent_channels)
+    unet = build_unet(args.channels, args.text_width, mean.shape[-1], args.latent_channels, args.head_dim)
     model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).to(device)
     ema = train.EMA(model, args.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -359,7 +368,9 @@ def run_text2image(args: argparse.Namespace) -> int:
                   for name in ("vae", "decoder", "diffusion") if (run_dir / name / "train_info.json").exists()}
         (out / "train_info.json").write_text(json.dumps(stages, indent=1))
 
-    return train.run_loop(args, folder, checkpoint, model, ema, optimizer, lr_schedule, settings, info,
+    stage_settings = dict(settings, **{key: getattr(args, key) for key in UNET_KEYS})
+    info["settings"] = stage_settings
+    return train.run_loop(args, folder, checkpoint, model, ema, optimizer, lr_schedule, stage_settings, info,
                           one_step, None, 0, export)
 
 
@@ -372,6 +383,8 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(steps=6000, batch_size=64, lr=1e-3, warmup=200, checkpoint_every=250, func=run_text2image)
     parser.add_argument("--channels", type=train._channels, default=(32, 64, 64),
                         help="UNet widths (default 32,64,64)")
+    parser.add_argument("--head-dim", type=train._positive_int, default=32,
+                        help="UNet attention head width (default 32)")
     parser.add_argument("--text-width", type=train._positive_int, default=64, help="text encoder width (default 64)")
     parser.add_argument("--text-layers", type=train._positive_int, default=3, help="text encoder layers (default 3)")
     parser.add_argument("--vae-channels", type=train._channels, default=(16, 32, 64, 64),
