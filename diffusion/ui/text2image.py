@@ -220,7 +220,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                               elem_id="t2i-x0", elem_classes=["dl-pixelated"])
             scrub = gr.Slider(1, t2i.LIMITS["num_inference_steps"][1], value=1, step=1, interactive=False,
                               label=tr("text2image.scrub"), elem_id="t2i-scrub")
-            gallery = gr.Gallery(label=tr("text2image.gallery"), columns=4, height=280, format="png",
+            gallery = gr.Gallery(label=tr("text2image.gallery"), columns=4, height="auto", format="png",
                                  object_fit="contain", elem_id="t2i-gallery", elem_classes=["dl-pixelated"])
             summary = gr.JSON(label=tr("text2image.summary"), elem_id="t2i-summary")
     run_id = gr.Textbox(visible=False, max_length=64, elem_id="t2i-run-id")
