@@ -109,7 +109,7 @@ def norm_groups(channels: tuple[int, ...]) -> int:
     decoder's last norm could not put it back at all.
     """
     common = math.gcd(*channels)
-    return max(g for g in range(1, 9) if common % g == 0 and common // g >= 4 or g == 1)
+    return max(g for g in range(1, 9) if g == 1 or (common % g == 0 and common // g >= 4))
 
 
 def build_vae(channels: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int = 8) -> AutoencoderKL:
@@ -165,21 +165,40 @@ def shape_mask(images: np.ndarray, scenes: list[shapes.Scene]) -> torch.Tensor:
     return torch.from_numpy(differs[:, None].astype(np.float32))
 
 
+def scene_batch(args: argparse.Namespace, stream: int, step: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh scenes for one autoencoder step: pixels and per-pixel loss weights (``--shape-weight`` on the shape)."""
+    rng = np.random.default_rng(np.random.SeedSequence([args.seed, stream, step]))
+    scenes = [shapes.random_scene(rng) for _ in range(args.vae_batch_size)]
+    images = np.stack([shapes.render(scene) for scene in scenes])
+    weight = 1.0 + (args.shape_weight - 1.0) * shape_mask(images, scenes)
+    return to_pixels(images).to(device), weight.to(device)
+
+
+def sample_latent(posterior: Any, generator: torch.Generator) -> torch.Tensor:
+    """z = μ + σ ε, with ε drawn on the CPU from ``generator`` (the same on every device)."""
+    return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
+        posterior.mean.device)
+
+
+def weighted_l1(reconstruction: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error with per-pixel ``weight`` (``(N, 1, H, W)``, default all ones), divided by the total weight."""
+    if weight is None:
+        weight = torch.ones_like(x[:, :1])
+    weight = weight.expand_as(x)
+    return (weight * (reconstruction - x).abs()).sum() / weight.sum()
+
+
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, generator: torch.Generator,
              weight: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted L1 reconstruction of a sampled latent + ``kl_weight`` × KL(q(z|x) ‖ N(0, I)) per latent value.
 
-    ``weight`` (``(N, 1, H, W)``, default all ones) weights each pixel's error; the
-    loss divides by the total weight, so it stays an average absolute error.
+    ``weight``: see :func:`weighted_l1`; the loss stays an average absolute error.
     """
     posterior = vae.encode(x).latent_dist
-    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
-    reconstruction = vae.decode(z).sample
+    reconstruction = vae.decode(sample_latent(posterior, generator)).sample
     kl = 0.5 * (posterior.mean ** 2 + posterior.var - 1.0 - posterior.logvar).mean()
-    if weight is None:
-        weight = torch.ones_like(x[:, :1])
-    weight = weight.expand_as(x)
-    return (weight * (reconstruction - x).abs()).sum() / weight.sum() + kl_weight * kl
+    return weighted_l1(reconstruction, x, weight) + kl_weight * kl
 
 
 def encode_text(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, captions: list[str],
@@ -213,12 +232,8 @@ def train_vae(args: argparse.Namespace, run_dir: Path, device: torch.device, set
     checkpoint = train.find_checkpoint(folder) if args.resume else None
 
     def one_step(step: int) -> float:
-        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 1, step]))
-        scenes = [shapes.random_scene(rng) for _ in range(args.vae_batch_size)]
-        images = np.stack([shapes.render(scene) for scene in scenes])
-        weight = 1.0 + (args.shape_weight - 1.0) * shape_mask(images, scenes)
-        loss = vae_loss(vae, to_pixels(images).to(device), args.kl_weight, train.step_generator(args.seed, step),
-                        weight.to(device))
+        x, weight = scene_batch(args, 1, step, device)
+        loss = vae_loss(vae, x, args.kl_weight, train.step_generator(args.seed, step), weight)
         return train.optimise(vae, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
 
     finished: list[AutoencoderKL] = []
@@ -261,17 +276,10 @@ def train_decoder(args: argparse.Namespace, run_dir: Path, device: torch.device,
     checkpoint = train.find_checkpoint(folder) if args.resume else None
 
     def one_step(step: int) -> float:
-        rng = np.random.default_rng(np.random.SeedSequence([args.seed, 3, step]))
-        scenes = [shapes.random_scene(rng) for _ in range(args.vae_batch_size)]
-        images = np.stack([shapes.render(scene) for scene in scenes])
-        x = to_pixels(images).to(device)
-        weight = (1.0 + (args.shape_weight - 1.0) * shape_mask(images, scenes)).to(device).expand_as(x)
-        with torch.no_grad():
-            posterior = refined.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(
-                posterior.mean.shape, generator=train.step_generator(args.seed + 3, step)).to(device)
-        reconstruction = refined.decode(z).sample
-        loss = (weight * (reconstruction - x).abs()).sum() / weight.sum()
+        x, weight = scene_batch(args, 3, step, device)
+        with torch.no_grad():  # the encoder is frozen
+            z = sample_latent(refined.encode(x).latent_dist, train.step_generator(args.seed + 3, step))
+        loss = weighted_l1(refined.decode(z).sample, x, weight)
         return train.optimise(refined, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
 
     finished: list[AutoencoderKL] = []
@@ -322,8 +330,7 @@ def run_text2image(args: argparse.Namespace) -> int:
     images, scenes = shapes.dataset(args.scenes, args.seed, heldout=False)
     mean, std = encode_scenes(vae, images, device)
     scale = float(1.0 / mean.std())
-    vae.register_to_config(scaling_factor=scale)
-    decoder_vae.register_to_config(scaling_factor=scale)  # the same encoder, so the same latents
+    decoder_vae.register_to_config(scaling_factor=scale)  # the same encoder as ``vae``, so the same latents
     train.tqdm.write(f"latents: {tuple(mean.shape[1:])}, scaling factor {scale:.4f}")
 
     torch.manual_seed(args.seed + 1)
@@ -338,10 +345,10 @@ def run_text2image(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = train.find_checkpoint(folder) if args.resume else None
     counts = {name: sum(p.numel() for p in part.parameters())
-              for name, part in (("unet", unet), ("text_encoder", text_encoder), ("vae", vae))}
+              for name, part in (("unet", unet), ("text_encoder", text_encoder), ("vae", decoder_vae))}
     info = dict(base_info, stage="diffusion", parameters=counts, latent_scaling_factor=scale,
                 weights_mb_fp32=round(sum(counts.values()) * 4 / 1e6, 2),
-                vae_config=dict(vae.config), unet_config=dict(unet.config),
+                vae_config=dict(decoder_vae.config), unet_config=dict(unet.config),
                 text_encoder_config=text_encoder.config.to_dict(), scheduler_config=dict(noise_scheduler.config))
 
     def one_step(step: int) -> float:

@@ -312,7 +312,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                                                result.params.length, text))
         # Rendered to PNG once here, so a cached answer is sent again without redrawing.
         plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass, kernel), figures))
-        return _status(tr, result, info, lang), plots, result, info
+        return _status(tr, result, info, lang), plots, result, info, last
 
     @guarded(tr)
     def simulate(initial_condition, custom_expression, diffusivity, length, n_points, t_end, n_steps,
@@ -324,9 +324,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         lang = normalize_lang(lang)
         # Same settings, same answer: a class opening the page at once (which runs the
         # defaults) or pressing Run on the same preset is drawn once, not thirty times.
-        status, (heat_map, profile_plot, error_plot, mass_plot, kernel_plot), result, info = _RUNS.get_or_make(
-            (params, lang), lambda: render(params, lang))
-        last = _last_finite_frame(result)
+        status, (heat_map, profile_plot, error_plot, mass_plot, kernel_plot), result, info, last = \
+            _RUNS.get_or_make((params, lang), lambda: render(params, lang))
         return (
             status, heat_map, profile_plot,
             gr.update(minimum=0, maximum=float(result.times[-1]), value=float(result.times[last]),
