@@ -141,9 +141,8 @@ def run_noising(args: argparse.Namespace) -> int:
         return result
 
     def plots(result: noising.ForwardResult) -> None:
-        for fig in (noising_plots.plot_schedules(schedule, T, result.t),
-                    noising_plots.plot_histogram(result.x_t, result.x0, result.t)):
-            fig.savefig(io.BytesIO(), format="png")
+        noising_plots.schedules_png(schedule, T, result.t)  # as the tab draws it: curves once, then the marker
+        noising_plots.plot_histogram(result.x_t, result.x0, result.t).savefig(io.BytesIO(), format="png")
 
     cold_s, _ = _best_time(lambda: chain.x_at(T), 1)
     rng = np.random.default_rng(0)

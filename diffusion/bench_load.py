@@ -173,11 +173,12 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
         url = f"http://127.0.0.1:{port}/"
     peak = [0]
     done = threading.Event()
+    server = psutil.Process(process.pid) if process is not None else None
+    me = psutil.Process()
 
     def watch() -> None:
-        if process is None:
+        if server is None:
             return
-        server = psutil.Process(process.pid)
         while not done.is_set():
             try:
                 peak[0] = max(peak[0], server.memory_info().rss)
@@ -189,6 +190,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     watcher.start()
     stats = Stats()
     mix = actions(_example())
+    cpu_before = (_cpu_seconds(server), _cpu_seconds(me))
     start = time.monotonic()
     deadline = start + seconds
     threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix, think)) for i in range(students)]
@@ -198,6 +200,9 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     for thread in threads:
         thread.join()
     wall = time.monotonic() - start
+    # Where the machine's time went: if the server is near "cores" it is short of CPU, not of threads.
+    cpu = {"cores": psutil.cpu_count(), "server": _share(_cpu_seconds(server), cpu_before[0], wall),
+           "students": _share(_cpu_seconds(me), cpu_before[1], wall)}
     # The server still answers a fresh request after the rush.
     from gradio_client import Client
 
@@ -213,7 +218,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     report: dict[str, Any] = {"students": students, "seconds": round(wall, 1), "think_s": list(think),
                               "endpoints": {},
                               "peak_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None,
-                              "healthy_after": not after.failed}
+                              "healthy_after": not after.failed, "cpu_cores_busy": cpu}
     for name in mix:
         lat, queue = stats.latency.get(name, []), stats.queue.get(name, [])
         report["endpoints"][name] = {
@@ -226,6 +231,22 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     report.update(completed=total, failed=failed,
                   light_p95_s=max((report["endpoints"][n]["p95_s"] or 0.0) for n in LIGHT))
     return report
+
+
+def _cpu_seconds(process: Any) -> float | None:
+    """User + system CPU seconds of ``process`` (None when there is none to watch)."""
+    if process is None:
+        return None
+    try:
+        times = process.cpu_times()
+    except Exception:  # noqa: BLE001 - the process may have gone
+        return None
+    return times.user + times.system + getattr(times, "children_user", 0.0) + getattr(times, "children_system", 0.0)
+
+
+def _share(now: float | None, before: float | None, wall: float) -> float | None:
+    """CPU seconds per wall second between two readings: 1.0 = one core busy all the time."""
+    return None if now is None or before is None else round((now - before) / wall, 2)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -244,6 +265,8 @@ def print_report(report: dict[str, Any]) -> None:
         for error in e["errors"]:
             print(f"|   error | {error} |")
     print(f"light endpoints' p95: {report['light_p95_s']} s")
+    cpu = report["cpu_cores_busy"]
+    print(f"cores busy on average (of {cpu['cores']}): server {cpu['server']}, simulated students {cpu['students']}")
 
 
 def run(args: argparse.Namespace) -> int:

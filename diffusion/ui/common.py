@@ -11,6 +11,7 @@ How language works:
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import inspect
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
+from gradio.components.plot import PlotData
 
 from diffusion.errors import InputError
 from diffusion.figures import cjk_font_available
@@ -317,6 +319,11 @@ def gpu_task(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[...,
     except ImportError:
         return lambda fn: fn
     return spaces.GPU(duration=duration)
+
+
+def png_plot(png: bytes) -> PlotData:
+    """A picture of a plot, already rendered to PNG, as a ``gr.Plot`` value (no redraw on the way out)."""
+    return PlotData(type="matplotlib", plot="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
 
 
 def progress_html(fraction: float, text: str) -> str:

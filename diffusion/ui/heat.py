@@ -256,6 +256,8 @@ STRINGS = {
 
 # Finished runs with their rendered plots, by (validated settings, language): a few MB at most.
 _RUNS = LRUCache(capacity=16)
+# Heat-kernel plots by (D, t, L, language).
+_KERNELS = LRUCache(capacity=16)
 
 
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
@@ -294,11 +296,12 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                 error = gr.Plot(label=tr("heat.error"), format="png", show_label=False, elem_id="heat-error")
                 mass = gr.Plot(label=tr("heat.mass"), format="png", show_label=False, elem_id="heat-mass")
             summary = gr.JSON(label=tr("heat.summary"), elem_id="heat-summary")
-    with gr.Accordion(tr("heat.bridge"), open=False, elem_id="heat-bridge"):
+    with gr.Accordion(tr("heat.bridge"), open=False, elem_id="heat-bridge") as bridge:
         gr.Markdown(tr("heat.bridge_text"), latex_delimiters=LATEX)
         kernel = gr.Plot(label=tr("heat.kernel"), format="png", show_label=False, elem_id="heat-kernel")
     lang = lang_input()
     state = gr.State(None)
+    bridge_open = gr.State(False)  # the kernel plot is drawn only while someone can see it
     inputs = [ic, expr, d, length, n, t_end, m, scheme, bc, k, seed]
 
     def render(params: heat.HeatParams, lang: str) -> tuple:
@@ -307,11 +310,9 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         last = _last_finite_frame(result)
         info = result.summary()
         figures = (heat_plots.plot_heatmap(result, text), heat_plots.plot_profile(result, last, text),
-                   heat_plots.plot_error(result, text), heat_plots.plot_mass(result, text),
-                   heat_plots.plot_heat_kernel(result.params.diffusivity, result.params.t_end,
-                                               result.params.length, text))
+                   heat_plots.plot_error(result, text), heat_plots.plot_mass(result, text))
         # Rendered to PNG once here, so a cached answer is sent again without redrawing.
-        plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass, kernel), figures))
+        plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass), figures))
         return _status(tr, result, info, lang), plots, result, info, last
 
     @guarded(tr)
@@ -324,14 +325,26 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         lang = normalize_lang(lang)
         # Same settings, same answer: a class opening the page at once (which runs the
         # defaults) or pressing Run on the same preset is drawn once, not thirty times.
-        status, (heat_map, profile_plot, error_plot, mass_plot, kernel_plot), result, info, last = \
+        status, (heat_map, profile_plot, error_plot, mass_plot), result, info, last = \
             _RUNS.get_or_make((params, lang), lambda: render(params, lang))
         return (
             status, heat_map, profile_plot,
             gr.update(minimum=0, maximum=float(result.times[-1]), value=float(result.times[last]),
                       step=float(result.times[1] - result.times[0]) if len(result.times) > 1 else 1),
-            error_plot, mass_plot, kernel_plot, result, dict(info),
+            error_plot, mass_plot, result, dict(info),
         )
+
+    @guarded(tr)
+    def heat_kernel(diffusivity, t_end, length, lang):
+        """The heat kernel for these D, t and L (the bridge to lesson 2), drawn on request."""
+        params = heat.HeatParams(diffusivity=diffusivity, length=length, t_end=t_end).validated()
+        return _KERNELS.get_or_make(
+            (params.diffusivity, params.t_end, params.length, normalize_lang(lang)),
+            lambda: kernel.postprocess(heat_plots.plot_heat_kernel(
+                params.diffusivity, params.t_end, params.length, tr.table("heat.plot.", normalize_lang(lang)))))
+
+    def kernel_if_open(is_open, diffusivity, t_end, length, lang):
+        return heat_kernel(diffusivity, t_end, length, lang) if is_open else gr.skip()
 
     @guarded(tr)
     def scrub(result, t, lang):
@@ -361,12 +374,22 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             return [gr.skip()] * len(PRESET_FIELDS)
         return [PRESETS[name][f] for f in PRESET_FIELDS]
 
-    outputs = [status, heatmap, profile, time, error, mass, kernel, state, summary]
+    outputs = [status, heatmap, profile, time, error, mass, state, summary]
     run_event = dict(fn=simulate, inputs=[*inputs, lang], outputs=outputs, js=LANG_JS,
                      concurrency_id="light")
-    run.click(**run_event, api_name="heat_simulate")
+    # The kernel follows a run only while its accordion is open: closed, nobody sees it,
+    # and drawing it would add a fifth figure to every run of a busy classroom.
+    kernel_inputs = [bridge_open, d, t_end, length, lang]
+    kernel_event = dict(fn=kernel_if_open, inputs=kernel_inputs, outputs=kernel, js=LANG_JS,
+                        api_visibility="private", concurrency_id="light", show_progress="hidden")
+    run.click(**run_event, api_name="heat_simulate").then(**kernel_event)
     preset.select(apply_preset, preset, [ic, d, length, n, t_end, m, scheme, bc],
-                  api_visibility="private", queue=False).then(**run_event, api_visibility="private")
+                  api_visibility="private", queue=False).then(**run_event, api_visibility="private").then(
+                      **kernel_event)
+    bridge.expand(lambda: True, None, bridge_open, api_visibility="private", queue=False).then(
+        heat_kernel, [d, t_end, length, lang], kernel, js=LANG_JS, api_name="heat_kernel",
+        concurrency_id="light", show_progress="hidden")
+    bridge.collapse(lambda: False, None, bridge_open, api_visibility="private", queue=False)
     ic.change(show_ic_fields, ic, [expr, k, seed], api_visibility="private", queue=False)
     r_inputs = [d, length, n, t_end, m, scheme, bc, lang]
     gr.on([c.change for c in r_inputs[:-1]], show_r, r_inputs, stability, js=LANG_JS,

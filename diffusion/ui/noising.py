@@ -21,6 +21,7 @@ from diffusion.ui.common import (
     Translator,
     guarded,
     lang_input,
+    png_plot,
 )
 
 DEFAULT_T = 250
@@ -226,7 +227,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
 
     def plots(result, lang):
         text = tr.table("noising.plot.", lang)
-        return (noising_plots.plot_schedules(result.schedule, result.num_train_timesteps, result.t, text),
+        return (png_plot(noising_plots.schedules_png(result.schedule, result.num_train_timesteps, result.t, text)),
                 noising_plots.plot_histogram(result.x_t, result.x0, result.t, text))
 
     @guarded(tr)

@@ -153,6 +153,18 @@ def test_heat_presets_stability_and_scrubbing(session):
     session.wait_for_json("heat-summary", r'"blew_up":false')
     # Scrub the time slider: the profile plot is redrawn without a new simulation.
     session.slide_redraws_only("heat-time", 6, "heat-profile", "heat-summary")
+    # The bridge to lesson 2: its heat-kernel plot is drawn when the accordion opens,
+    # and drawn again for a new D while it stays open.
+    assert page.locator("#heat-kernel img").count() == 0
+    page.locator("#heat-bridge").get_by_role("button").first.click()
+    page.locator("#heat-kernel img").wait_for()
+    before = page.locator("#heat-kernel img").get_attribute("src")
+    box = page.locator("#heat-d input").first
+    box.fill("0.3")
+    page.locator("#heat-run").click()
+    page.wait_for_function("old => { const img = document.querySelector('#heat-kernel img');"
+                           " return img && img.src !== old; }", arg=before)
+    session.shot("heat-kernel")
     session.assert_clean()
 
 

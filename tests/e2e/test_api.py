@@ -33,7 +33,16 @@ def heat(client, **overrides):
 
 def test_every_documented_endpoint_is_exposed(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/heat_simulate", "/forward_noise", "/forward_noise_gif"} <= names
+    assert {"/heat_simulate", "/heat_kernel", "/forward_noise", "/forward_noise_gif"} <= names
+
+
+def test_heat_kernel_is_its_own_endpoint_and_checks_its_numbers(client):
+    plot = client.predict(0.1, 20.0, 100.0, "zh", api_name="/heat_kernel")
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/png;base64,")
+    with pytest.raises(AppError, match="D"):
+        client.predict(-1.0, 20.0, 100.0, "en", api_name="/heat_kernel")
+    # A run no longer draws the kernel (it sits in a closed accordion): one figure fewer per run.
+    assert len(heat(client)) == 7
 
 
 def test_heat_textbook_run_reports_r_and_stability(client):

@@ -87,6 +87,7 @@ BAD_NUMBERS = [float("nan"), float("inf"), -float("inf"), -1, -1e308, 1e308, 10*
                [1, 2], {"x": 1}]
 NUMERIC = {  # endpoint → (base arguments, indices of its numeric parameters)
     "heat_simulate": (HEAT, [2, 3, 4, 5, 6, 9, 10]),
+    "heat_kernel": ([0.1, 20.0, 100.0, "en"], [0, 1, 2]),
     "sample": (SAMPLE, [1, 2, 3, 4, 6]),
     "text_to_image": (T2I, [2, 3, 4, 6, 7, 8, 11]),
 }
@@ -124,6 +125,7 @@ STRINGS = ["", " ", "x" * 200_000, "\u202e\u0644\u0627 RTL", "e\u0301\u200d\ud83
            "C:\\Windows\\win.ini", "file:///etc/passwd", "https://example.com/x.png"]
 TEXT_PARAMS = {  # endpoint → (base arguments, indices of its text and choice parameters)
     "heat_simulate": (HEAT, [0, 1, 7, 8, 11]),
+    "heat_kernel": ([0.1, 20.0, 100.0, "en"], [3]),
     "sample": (SAMPLE, [0, 5, 7]),
     "sample_scrub": (["0" * 32, 1, "en"], [0, 2]),
     "sample_gif": (["0" * 32, "en"], [0, 1]),

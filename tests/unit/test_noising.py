@@ -296,3 +296,28 @@ def test_plots_build_figures_with_translated_text():
     assert fig.axes[1].get_title() == r"$\sqrt{\bar\alpha_t}$: signal coefficient"
     with pytest.raises(InputError):
         plot_schedules("cosine", 200, 201)
+
+
+@pytest.mark.parametrize("t", [0, 137, 1000])
+def test_schedule_picture_for_a_slider_move_matches_a_full_redraw(t):
+    """The cached figure redraws only the marker; the picture must be the one a full redraw gives."""
+    import io
+
+    from PIL import Image
+
+    from diffusion.noising_plots import plot_schedules, schedules_png
+
+    text = {"xlabel_t": "时间步 t"}
+    schedules_png("cosine", 1000, 500, text)  # the figure is cached at another t first
+    full = io.BytesIO()
+    plot_schedules("cosine", 1000, t, text).savefig(full, format="png")
+    a = np.asarray(Image.open(full).convert("RGB"), dtype=int)
+    b = np.asarray(Image.open(io.BytesIO(schedules_png("cosine", 1000, t, text))).convert("RGB"), dtype=int)
+    assert a.shape == b.shape
+    # Only where the dashed t line crosses the curves is the drawing order different.
+    assert (np.abs(a - b).max(axis=-1) > 40).mean() < 0.002
+    assert np.abs(a - b).max(axis=-1).mean() < 0.5
+    with pytest.raises(InputError):
+        schedules_png("cosine", 1000, 1001)
+    with pytest.raises(InputError):
+        schedules_png("nonsense", 1000, 1)
