@@ -61,10 +61,9 @@ from diffusion.errors import InputError
 
 MAX_TOKENS = 24  # longest caption is 14 tokens with its start and end marks
 # Noise schedules by name. Stable Diffusion's "scaled_linear" keeps sqrt(ᾱ_T) = 0.068 of the
-# picture at t = T. On 8×8 latents of one small shape the network learnt to read where the
-# shape is from that leftover signal instead of from the words; sampling starts from pure
-# noise, so positions came out at chance. DDPM's "linear" leaves 0.0064 (Lin et al. 2024
-# discuss the same flaw at full scale).
+# picture at t = T: in training a model can read the layout from that leftover signal, but
+# sampling starts from pure noise, where it is not there (Lin et al. 2024 describe this at
+# full scale). DDPM's "linear" leaves 0.0064.
 SCHEDULES = {"linear": {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "linear"},
              "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}}
 RUN_KEYS = ("channels", "text_width", "text_layers", "vae_channels", "latent_channels", "vae_steps",
@@ -128,7 +127,7 @@ def build_vae(channels: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int
 
 
 def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size: int,
-               latent_channels: int = 8, head_dim: int = 32) -> UNet2DConditionModel:
+               latent_channels: int = 8, head_dim: int = 32, pooled_text: bool = True) -> UNet2DConditionModel:
     """The latent ε-network: cross-attention to the text at every resolution but the lowest.
 
     Attention heads are ``head_dim`` wide (diffusers' ``attention_head_dim`` argument
@@ -136,6 +135,11 @@ def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size:
     channels each, as at 32 channels with diffusers' default of 8, could barely
     pick single words out of the caption: the first run learnt the colour and
     ignored every word after the fourth.
+
+    ``pooled_text`` also adds an attention-pooled summary of the caption to the
+    timestep embedding (diffusers' ``addition_embed_type="text"``), so every ResNet
+    block is conditioned on the words, as a class label conditions the digit model,
+    not only the attention layers.
     """
     n = len(channels)
     heads = tuple(max(1, c // head_dim) for c in channels)
@@ -145,7 +149,9 @@ def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size:
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=heads,
-        norm_num_groups=norm_groups(channels))
+        norm_num_groups=norm_groups(channels),
+        **({"addition_embed_type": "text", "addition_embed_type_num_heads": max(1, cross_attention_dim // head_dim)}
+           if pooled_text else {}))
 
 
 def training_caption(scene: shapes.Scene, rng: np.random.Generator, args: argparse.Namespace) -> str:
@@ -255,7 +261,7 @@ def train_vae(args: argparse.Namespace, run_dir: Path, device: torch.device, set
 
 
 DECODER_KEYS = ("decoder_steps", "decoder_lr")  # stage 1b; the UNet stage does not depend on them
-UNET_KEYS = ("head_dim", "beta_schedule")  # stage 2 only: the autoencoder does not depend on them
+UNET_KEYS = ("head_dim", "beta_schedule", "prediction_type", "pooled_text")  # stage 2 only: the autoencoder does not depend on them
 
 
 def train_decoder(args: argparse.Namespace, run_dir: Path, device: torch.device, settings: dict[str, Any],
@@ -341,12 +347,14 @@ def run_text2image(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed + 1)
     text_encoder = build_text_encoder(tokenizer, args.text_width, args.text_layers)
-    unet = build_unet(args.channels, args.text_width, mean.shape[-1], args.latent_channels, args.head_dim)
+    unet = build_unet(args.channels, args.text_width, mean.shape[-1], args.latent_channels, args.head_dim,
+                      args.pooled_text)
     model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).to(device)
     ema = train.EMA(model, args.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, **SCHEDULES[args.beta_schedule])
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=args.prediction_type,
+                                    **SCHEDULES[args.beta_schedule])
     folder = run_dir / "diffusion"
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = train.find_checkpoint(folder) if args.resume else None
@@ -368,13 +376,15 @@ def run_text2image(args: argparse.Namespace) -> int:
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(z0),), generator=generator).to(device)
         hidden = encode_text(tokenizer, model["text_encoder"], captions, device)
         prediction = model["unet"](noise_scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=hidden).sample
-        return train.optimise(model, ema, optimizer, lr_schedule, F.mse_loss(prediction, noise), step, args.grad_clip)
+        target = noise if args.prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
+        return train.optimise(model, ema, optimizer, lr_schedule, F.mse_loss(prediction, target), step, args.grad_clip)
 
     def export(out: Path) -> None:
         pipe = StableDiffusionPipeline(
             vae=decoder_vae, text_encoder=ema.model["text_encoder"], tokenizer=tokenizer, unet=ema.model["unet"],
             scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
-                                    timestep_spacing="trailing", **SCHEDULES[args.beta_schedule]),
+                                    timestep_spacing="trailing", prediction_type=args.prediction_type,
+                                    **SCHEDULES[args.beta_schedule]),
             safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
         pipe.save_pretrained(out, safe_serialization=True)
         stages = {name: json.loads((run_dir / name / "train_info.json").read_text())
@@ -400,6 +410,12 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
                         help="UNet attention head width (default 32)")
     parser.add_argument("--beta-schedule", choices=sorted(SCHEDULES), default="linear",
                         help="noise schedule of the UNet stage (default linear, DDPM's; scaled_linear is SD's)")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="v_prediction",
+                        help="what the UNet predicts (default v_prediction: its loss weighs the very noisy steps, "
+                             "where the layout is decided, as much as the rest; epsilon nearly ignores them)")
+    parser.add_argument("--no-pooled-text", dest="pooled_text", action="store_false",
+                        help="condition the UNet through cross-attention only (default: also a pooled caption "
+                             "embedding added to the timestep embedding)")
     parser.add_argument("--text-width", type=train._positive_int, default=64, help="text encoder width (default 64)")
     parser.add_argument("--text-layers", type=train._positive_int, default=3, help="text encoder layers (default 3)")
     parser.add_argument("--vae-channels", type=train._channels, default=(16, 32, 64, 64),

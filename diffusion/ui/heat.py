@@ -382,9 +382,10 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     kernel_inputs = [bridge_open, d, t_end, length, lang]
     kernel_event = dict(fn=kernel_if_open, inputs=kernel_inputs, outputs=kernel, js=LANG_JS,
                         api_visibility="private", concurrency_id="light", show_progress="hidden")
-    run.click(**run_event, api_name="heat_simulate").then(**kernel_event)
+    # .success: after a refused run the kernel would only repeat the same error message.
+    run.click(**run_event, api_name="heat_simulate").success(**kernel_event)
     preset.select(apply_preset, preset, [ic, d, length, n, t_end, m, scheme, bc],
-                  api_visibility="private", queue=False).then(**run_event, api_visibility="private").then(
+                  api_visibility="private", queue=False).then(**run_event, api_visibility="private").success(
                       **kernel_event)
     bridge.expand(lambda: True, None, bridge_open, api_visibility="private", queue=False).then(
         heat_kernel, [d, t_end, length, lang], kernel, js=LANG_JS, api_name="heat_kernel",

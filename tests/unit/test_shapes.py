@@ -94,6 +94,32 @@ def test_training_runs_resumes_and_exports_a_standard_pipeline(tmp_path):
     assert [i["start_step"] for i in info["diffusion"]["invocations"]] == [0]
     assert not list(export.rglob("*.bin")) and not list(export.rglob("*.pt"))  # safetensors only
     assert t2i.unknown_words(pipe, "a red qwerty star") == ["qwerty"]
+    # The defaults the shipped model is trained with travel in the standard configs.
+    scheduler = pipe.scheduler.config
+    assert (scheduler.prediction_type, scheduler.beta_schedule, scheduler.timestep_spacing) == (
+        "v_prediction", "linear", "trailing")
+    assert pipe.unet.config.addition_embed_type == "text"
+    assert info["diffusion"]["settings"]["prediction_type"] == "v_prediction"
+
+
+def test_the_pooled_caption_reaches_every_resnet_block():
+    """With pooled text, two captions change the UNet's output even with cross-attention switched off."""
+    import torch
+
+    from diffusion.train_text2image import build_unet
+    torch.manual_seed(0)
+    for pooled in (True, False):
+        unet = build_unet((32, 32), cross_attention_dim=32, sample_size=8, latent_channels=4, head_dim=32,
+                          pooled_text=pooled).eval()
+        for module in unet.modules():  # cross-attention adds nothing: only the pooled path is left
+            if hasattr(module, "attn2"):
+                module.attn2.to_out[0].weight.data.zero_()
+                module.attn2.to_out[0].bias.data.zero_()
+        x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+        with torch.no_grad():
+            a = unet(x, t, encoder_hidden_states=torch.randn(1, 6, 32)).sample
+            b = unet(x, t, encoder_hidden_states=torch.randn(1, 6, 32)).sample
+        assert (not torch.allclose(a, b)) == pooled
 
 
 def test_the_vae_loss_weights_the_shape_pixels():
