@@ -13,6 +13,7 @@ except ImportError:
     spaces = None
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ import torch
 
 import diffusion
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
+from diffusion.render_worker import RenderPool, default_render_workers
 from diffusion.ui import common, denoising, heat, noising, sampling, text2image
 from diffusion.ui.common import AppSettings, Translator
 
@@ -61,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="model jobs (sampling, denoising, text to image) run at once (default: %(default)s)")
     p.add_argument("--light-concurrency", type=int, default=8, metavar="N",
                    help="light CPU jobs (heat equation, noising) run at once (default: %(default)s)")
+    p.add_argument("--render-workers", type=int, default=-1, metavar="N",
+                   help="processes that draw the light lessons' figures in parallel; 0 = draw in the server "
+                        "process (default: one per core, at most 4; none on a 1-core machine)")
     p.add_argument("--torch-threads", type=int, default=0, metavar="N",
                    help="CPU threads per model job; 0 = half the cores, at most 4 (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
@@ -81,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.torch_threads < 0:
         p.error("--torch-threads must be 0 (automatic) or more")
+    if args.render_workers < -1:
+        p.error("--render-workers must be 0 (none) or more")
     return args
 
 
@@ -96,6 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
         max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, lang=args.lang,
         t2i_models=tuple(args.t2i_model), allow_any_model=args.allow_any_model, offline=args.offline,
         zero_gpu=bool(os.environ.get("SPACES_ZERO_GPU")),
+        render_pool=RenderPool(default_render_workers() if args.render_workers == -1 else args.render_workers),
     )
 
 
@@ -141,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.torch_threads or server_threads())
     settings = settings_from_args(args)
+    settings.render_pool.start()  # the workers start up while the app is built
+    atexit.register(settings.render_pool.close)
     demo, tr = create_app(settings)
     logging.getLogger("diffusion").info("device: %s", settings.device_label)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,

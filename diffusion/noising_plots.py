@@ -200,7 +200,15 @@ def plot_histogram(
     Returns:
         A one-panel figure.
     """
-    labels = _labels(text)
+    return draw_histogram(histogram_data(x_t, x0), t, text)
+
+
+def histogram_data(x_t: np.ndarray, x0: np.ndarray) -> dict[str, Any]:
+    """What :func:`draw_histogram` needs, as plain numbers (small enough to send to a drawing process).
+
+    Densities of the x_t and x_0 pixel values in bins of width 1/12 on ±4, and the
+    mean and standard deviation of x_t rounded for display.
+    """
     noisy = np.asarray(x_t, dtype=np.float64).ravel()
     clean = np.asarray(x0, dtype=np.float64).ravel()
     noisy = noisy[np.isfinite(noisy)]
@@ -208,22 +216,34 @@ def plot_histogram(
     # Bins centred on -1, 0 and 1, where a clean image's extreme levels pile up.
     width = 1.0 / 12.0
     edges = np.arange(-_HIST_RANGE - width / 2, _HIST_RANGE + width, width)
+
+    def density(values: np.ndarray) -> list[float]:
+        counts, _ = np.histogram(values, bins=edges)
+        total = counts.sum() * width
+        return (counts / total).tolist() if total else [0.0] * (len(edges) - 1)
+
+    # Rounded before formatting, and + 0.0 turns -0.0 into 0.0, so no "-0.00" is shown.
+    return {"edges": edges.tolist(), "noisy": density(noisy), "clean": density(clean),
+            "mean": round(float(noisy.mean()), 2) + 0.0 if noisy.size else 0.0,
+            "std": round(float(noisy.std()), 2) + 0.0 if noisy.size else 0.0}
+
+
+def draw_histogram(data: Mapping[str, Any], t: int, text: Mapping[str, str] | None = None) -> Figure:
+    """The histogram figure from :func:`histogram_data`."""
+    labels = _labels(text)
+    edges, noisy, clean = (np.asarray(data[key], dtype=np.float64) for key in ("edges", "noisy", "clean"))
     fig = new_figure(6.4, 4.4, layout=None)  # redrawn on every slider move: fixed layout
     fig.subplots_adjust(left=0.1, right=0.97, top=0.91, bottom=0.24)
     ax = fig.subplots()
-    # Rounded before formatting, and + 0.0 turns -0.0 into 0.0, so no "-0.00" is shown.
-    mean = round(float(noisy.mean()), 2) + 0.0 if noisy.size else 0.0
-    std = round(float(noisy.std()), 2) + 0.0 if noisy.size else 0.0
-    counts, _, _ = ax.hist(noisy, bins=edges, density=True, histtype="stepfilled", color="#1f77b4",
-                           alpha=0.6, label=labels["hist_xt"](mean=mean, std=std))
+    ax.stairs(noisy, edges, fill=True, color="#1f77b4", alpha=0.6,
+              label=labels["hist_xt"](mean=data["mean"], std=data["std"]))
     # Drawn as an outline on top, so it stays visible at t = 0 where x_t = x_0.
-    ax.hist(clean, bins=edges, density=True, histtype="step", color="0.45", linewidth=1.2,
-            label=labels["hist_x0"]())
+    ax.stairs(clean, edges, color="0.45", linewidth=1.2, label=labels["hist_x0"]())
     grid = np.linspace(-_HIST_RANGE, _HIST_RANGE, 400)
     ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), color="black", linewidth=2.0,
             label=labels["hist_normal"]())
     # A clean image's few pixel levels make tall spikes; the x_t bars set the scale.
-    top = max(0.5, float(counts.max()) if counts.size else 0.0)
+    top = max(0.5, float(noisy.max()) if noisy.size else 0.0)
     ax.set_ylim(0, top * 1.1)
     ax.set_xlim(-_HIST_RANGE, _HIST_RANGE)
     ax.set_title(labels["hist_title"](t=int(t)), fontsize=FONT_SIZE + 1)

@@ -20,7 +20,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def app_server():
-    """Launch the real app (as `python app.py` builds it) and yield its URL."""
+    """Launch the real app (as `python app.py` builds it, drawing processes included) and yield its URL."""
     import app
 
     args = app.parse_args(["--host", "127.0.0.1", "--device", "cpu"])
@@ -33,6 +33,7 @@ def app_server():
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+        settings.render_pool.close()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ How language works:
 
 from __future__ import annotations
 
-import base64
 import functools
 import html
 import inspect
@@ -20,13 +19,13 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from gradio.components.plot import PlotData
 
 from diffusion.errors import InputError
+from diffusion.render_worker import RenderPool
 from diffusion.figures import cjk_font_available
 
 log = logging.getLogger("diffusion.ui")
@@ -124,6 +123,8 @@ class AppSettings:
     allow_any_model: bool = False     # let users type any hub id (a public Space should not)
     offline: bool = False             # never reach the Hugging Face Hub
     zero_gpu: bool = False            # running on a ZeroGPU Space
+    # Processes that draw figures beside the server (none by default: tests and notebooks draw in-process).
+    render_pool: RenderPool = field(default_factory=lambda: RenderPool(0), compare=False, repr=False)
 
 
 class Translator:
@@ -319,11 +320,6 @@ def gpu_task(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[...,
     except ImportError:
         return lambda fn: fn
     return spaces.GPU(duration=duration)
-
-
-def png_plot(png: bytes) -> PlotData:
-    """A picture of a plot, already rendered to PNG, as a ``gr.Plot`` value (no redraw on the way out)."""
-    return PlotData(type="matplotlib", plot="data:image/png;base64," + base64.b64encode(png).decode("ascii"))
 
 
 def progress_html(fraction: float, text: str) -> str:

@@ -6,9 +6,10 @@ import math
 from typing import Any
 
 import gradio as gr
+from gradio.components.plot import PlotData
 import numpy as np
 
-from diffusion import heat, heat_plots
+from diffusion import heat, heat_plots, render_worker
 from diffusion.ui.common import (
     LANG_JS,
     LATEX,
@@ -309,10 +310,14 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         text = tr.table("heat.plot.", lang)
         last = _last_finite_frame(result)
         info = result.summary()
-        figures = (heat_plots.plot_heatmap(result, text), heat_plots.plot_profile(result, last, text),
-                   heat_plots.plot_error(result, text), heat_plots.plot_mass(result, text))
-        # Rendered to PNG once here, so a cached answer is sent again without redrawing.
-        plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass), figures))
+        # Drawn to PNG once, in a worker process when there is one (off this process's
+        # interpreter lock), so a cached answer is sent again without redrawing.
+        pictures = settings.render_pool.run(render_worker.heat_request(params, last, text))
+        if pictures is not None:
+            plots = tuple(PlotData(type="matplotlib", plot=picture) for picture in pictures)
+        else:
+            figures = render_worker.heat_figures(params, last, text)
+            plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass), figures))
         return _status(tr, result, info, lang), plots, result, info, last
 
     @guarded(tr)

@@ -7,9 +7,10 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from gradio.components.plot import PlotData
 import numpy as np
 
-from diffusion import images, noising, noising_plots
+from diffusion import images, noising, noising_plots, render_worker
 from diffusion.errors import check_range
 from diffusion.examples import list_examples
 from diffusion.ui.common import (
@@ -21,7 +22,6 @@ from diffusion.ui.common import (
     Translator,
     guarded,
     lang_input,
-    png_plot,
 )
 
 DEFAULT_T = 250
@@ -227,8 +227,12 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
 
     def plots(result, lang):
         text = tr.table("noising.plot.", lang)
-        return (png_plot(noising_plots.schedules_png(result.schedule, result.num_train_timesteps, result.t, text)),
-                noising_plots.plot_histogram(result.x_t, result.x0, result.t, text))
+        histogram = noising_plots.histogram_data(result.x_t, result.x0)
+        args = (result.schedule, result.num_train_timesteps, result.t, histogram, text)
+        # Drawn in a worker process when there is one, off this process's interpreter lock.
+        pictures = settings.render_pool.run(render_worker.noising_request(*args)) or \
+            render_worker.noising_pictures(*args)
+        return tuple(PlotData(type="matplotlib", plot=picture) for picture in pictures)
 
     @guarded(tr)
     def forward(image, schedule, num_train_timesteps, t, seed, lang):

@@ -298,6 +298,23 @@ def test_plots_build_figures_with_translated_text():
         plot_schedules("cosine", 200, 201)
 
 
+def test_histogram_data_are_densities_of_the_pixels():
+    from diffusion.noising_plots import histogram_data
+
+    rng = np.random.default_rng(0)
+    x_t, x0 = rng.standard_normal((32, 32, 3)), np.clip(rng.standard_normal((32, 32, 3)), -1, 1)
+    data = histogram_data(x_t, x0)
+    edges = np.asarray(data["edges"])
+    expected, _ = np.histogram(x_t.ravel(), bins=edges)
+    widths = np.diff(edges)
+    assert np.allclose(data["noisy"], expected / (expected.sum() * widths))
+    assert np.sum(np.asarray(data["clean"]) * widths) == pytest.approx(1.0)
+    assert data["mean"] == round(float(x_t.mean()), 2) and data["std"] == round(float(x_t.std()), 2)
+    # Bins centred on -1, 0 and 1, where a clean picture's levels pile up.
+    centres = (edges[:-1] + edges[1:]) / 2
+    assert np.min(np.abs(centres - 1.0)) < 1e-9 and np.min(np.abs(centres)) < 1e-9
+
+
 @pytest.mark.parametrize("t", [0, 137, 1000])
 def test_schedule_picture_for_a_slider_move_matches_a_full_redraw(t):
     """The cached figure redraws only the marker; the picture must be the one a full redraw gives."""
