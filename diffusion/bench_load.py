@@ -190,7 +190,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     watcher.start()
     stats = Stats()
     mix = actions(_example())
-    cpu_before = (_cpu_seconds(server), _cpu_seconds(me))
+    cpu_before = (_cpu_seconds(server), _cpu_seconds(me, family=False))
     start = time.monotonic()
     deadline = start + seconds
     threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix, think)) for i in range(students)]
@@ -202,7 +202,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     wall = time.monotonic() - start
     # Where the machine's time went: if the server is near "cores" it is short of CPU, not of threads.
     cpu = {"cores": psutil.cpu_count(), "server": _share(_cpu_seconds(server), cpu_before[0], wall),
-           "students": _share(_cpu_seconds(me), cpu_before[1], wall)}
+           "students": _share(_cpu_seconds(me, family=False), cpu_before[1], wall)}
     # The server still answers a fresh request after the rush.
     from gradio_client import Client
 
@@ -233,12 +233,12 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     return report
 
 
-def _cpu_seconds(process: Any) -> float | None:
-    """User + system CPU seconds of ``process`` and its live children (None when there is none to watch)."""
+def _cpu_seconds(process: Any, family: bool = True) -> float | None:
+    """User + system CPU seconds of ``process``, with its live children if ``family`` (None: nothing to watch)."""
     if process is None:
         return None
     total = 0.0
-    for member in _family(process):
+    for member in (_family(process) if family else [process]):
         try:
             times = member.cpu_times()
         except Exception:  # noqa: BLE001 - a process may have gone

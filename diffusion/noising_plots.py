@@ -20,7 +20,9 @@ from PIL import Image
 
 from diffusion.errors import check_range
 from diffusion.figures import merged_text, new_figure
-from diffusion.noising import SCHEDULES, get_schedule
+
+# The schedule figure needs diffusion.noising (and with it torch and diffusers); the
+# histogram does not, so the drawing processes that only draw histograms stay small.
 
 NOISING_TEXT: dict[str, str] = {
     "schedules_title": "Noise schedules with T = {T} (current: {current}, t = {t})",
@@ -88,6 +90,8 @@ def schedules_png(current: str, num_train_timesteps: int, t: int, text: Mapping[
     picture and draws the marker line, the dots and the title on top
     (matplotlib's blitting). That is about ten times cheaper than a full redraw.
     """
+    from diffusion.noising import get_schedule
+
     big_t = get_schedule(current, num_train_timesteps).num_train_timesteps  # checks the name and T first
     figure = _cached_schedule_figure(current, big_t, tuple(sorted((text or {}).items())))
     return figure.png(figure.checked_t(t))
@@ -110,6 +114,8 @@ class _ScheduleFigure:
     )
 
     def __init__(self, current: str, num_train_timesteps: int, text: Mapping[str, str] | None) -> None:
+        from diffusion.noising import SCHEDULES, get_schedule
+
         self.labels = _labels(text)
         self.current = current
         self.schedule = get_schedule(current, num_train_timesteps)

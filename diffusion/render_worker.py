@@ -5,7 +5,7 @@ every figure of every student is drawn one at a time, however many cores the
 machine has: on a 2-core CPU two threads drawing heat figures side by side took as
 long as one thread drawing them in turn (0.32 against 0.34 s per run). A classroom
 then waits on the lock while a core sits idle. :class:`RenderPool` keeps a few
-small worker processes (``python -m diffusion.render_worker``, about 90 MB each:
+small worker processes (``python -m diffusion.render_worker``, about 100 MB each:
 numpy and matplotlib, no torch, no web server) that draw in parallel.
 
 The protocol is one JSON object per line on the worker's stdin and stdout; no
@@ -66,25 +66,25 @@ def _heat_task(request: dict[str, Any]) -> list[str]:
     return [png_data_url(f) for f in heat_figures(params, int(request["frame"]), text)]
 
 
-def noising_pictures(schedule: str, num_train_timesteps: int, t: int, histogram: dict[str, Any],
-                     text: dict[str, str]) -> list[str]:
-    """Lesson 2's two plots as PNG data URLs: the schedule curves at ``t`` and the pixel histogram."""
-    curves = noising_plots.schedules_png(schedule, num_train_timesteps, t, text)
-    return ["data:image/png;base64," + base64.b64encode(curves).decode("ascii"),
-            png_data_url(noising_plots.draw_histogram(histogram, t, text))]
+def histogram_picture(histogram: dict[str, Any], t: int, text: dict[str, str]) -> list[str]:
+    """Lesson 2's pixel histogram (from :func:`noising_plots.histogram_data`) as a PNG data URL.
+
+    The schedule figure is not drawn here: it needs torch to build the schedules, and
+    the server redraws only its t marker (about 20 ms) anyway.
+    """
+    return [png_data_url(noising_plots.draw_histogram(histogram, t, text))]
 
 
-def _noising_task(request: dict[str, Any]) -> list[str]:
+def _histogram_task(request: dict[str, Any]) -> list[str]:
     histogram = request["histogram"]
     for key in ("edges", "noisy", "clean"):
         if not (isinstance(histogram[key], list) and len(histogram[key]) <= 1000):
             raise ValueError(f"histogram {key} must be a list of at most 1000 numbers")
     text = {str(k): str(v) for k, v in dict(request.get("text") or {}).items()}
-    return noising_pictures(str(request["schedule"]), int(request["num_train_timesteps"]), int(request["t"]),
-                            histogram, text)
+    return histogram_picture(histogram, int(request["t"]), text)
 
 
-TASKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {"heat": _heat_task, "noising": _noising_task}
+TASKS: dict[str, Callable[[dict[str, Any]], list[str]]] = {"heat": _heat_task, "histogram": _histogram_task}
 
 
 def heat_request(params: heat.HeatParams, frame: int, text: dict[str, str]) -> dict[str, Any]:
@@ -92,11 +92,9 @@ def heat_request(params: heat.HeatParams, frame: int, text: dict[str, str]) -> d
     return {"task": "heat", "params": asdict(params), "frame": int(frame), "text": dict(text)}
 
 
-def noising_request(schedule: str, num_train_timesteps: int, t: int, histogram: dict[str, Any],
-                    text: dict[str, str]) -> dict[str, Any]:
-    """The JSON request that draws :func:`noising_pictures` in a worker."""
-    return {"task": "noising", "schedule": schedule, "num_train_timesteps": int(num_train_timesteps), "t": int(t),
-            "histogram": histogram, "text": dict(text)}
+def histogram_request(histogram: dict[str, Any], t: int, text: dict[str, str]) -> dict[str, Any]:
+    """The JSON request that draws :func:`histogram_picture` in a worker."""
+    return {"task": "histogram", "histogram": histogram, "t": int(t), "text": dict(text)}
 
 
 def serve(lines: Any = None, out: Any = None) -> None:

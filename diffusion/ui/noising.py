@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import tempfile
 from pathlib import Path
@@ -227,12 +228,13 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
 
     def plots(result, lang):
         text = tr.table("noising.plot.", lang)
-        histogram = noising_plots.histogram_data(result.x_t, result.x0)
-        args = (result.schedule, result.num_train_timesteps, result.t, histogram, text)
-        # Drawn in a worker process when there is one, off this process's interpreter lock.
-        pictures = settings.render_pool.run(render_worker.noising_request(*args)) or \
-            render_worker.noising_pictures(*args)
-        return tuple(PlotData(type="matplotlib", plot=picture) for picture in pictures)
+        curves = noising_plots.schedules_png(result.schedule, result.num_train_timesteps, result.t, text)
+        args = (noising_plots.histogram_data(result.x_t, result.x0), result.t, text)
+        # The histogram is drawn in a worker process when there is one, off this process's interpreter lock.
+        (histogram,) = settings.render_pool.run(render_worker.histogram_request(*args)) or \
+            render_worker.histogram_picture(*args)
+        return (PlotData(type="matplotlib", plot="data:image/png;base64," + base64.b64encode(curves).decode("ascii")),
+                PlotData(type="matplotlib", plot=histogram))
 
     @guarded(tr)
     def forward(image, schedule, num_train_timesteps, t, seed, lang):

@@ -34,10 +34,21 @@ def test_a_worker_draws_the_same_pictures_as_this_process(pool):
     assert pool.run(render_worker.heat_request(PARAMS, frame, TEXT)) == local_heat()
     rng = np.random.default_rng(0)
     histogram = noising_plots.histogram_data(rng.standard_normal((16, 16, 3)), np.zeros((16, 16, 3)))
-    args = ("cosine", 1000, 321, histogram, TEXT)
-    pictures = pool.run(render_worker.noising_request(*args))
-    assert pictures == render_worker.noising_pictures(*args)
-    assert all(p.startswith("data:image/png;base64,") for p in pictures)
+    args = (histogram, 321, TEXT)
+    pictures = pool.run(render_worker.histogram_request(*args))
+    assert pictures == render_worker.histogram_picture(*args)
+    assert len(pictures) == 1 and pictures[0].startswith("data:image/png;base64,")
+
+
+def test_a_worker_stays_small():
+    """No torch or diffusers in a drawing process: it imports only what it draws with."""
+    import subprocess
+    import sys
+
+    code = ("import sys, diffusion.render_worker; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_two_requests_at_once_both_get_their_pictures(pool):
@@ -66,7 +77,7 @@ def test_a_refused_task_returns_none_and_the_worker_stays(pool):
     assert pool.run({"task": "heat", "params": {"diffusivity": -1.0}, "frame": 0, "text": {}}) is None
     assert pool.run({"task": "no such task"}) is None
     bad_histogram = {"edges": list(range(5000)), "noisy": [], "clean": [], "mean": 0, "std": 1}
-    assert pool.run(render_worker.noising_request("linear", 1000, 1, bad_histogram, {})) is None
+    assert pool.run(render_worker.histogram_request(bad_histogram, 1, {})) is None
     assert pool.run(render_worker.heat_request(PARAMS, 0, {})) is not None
 
 

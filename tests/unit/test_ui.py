@@ -225,3 +225,23 @@ def test_the_lru_cache_makes_each_value_once_even_under_a_stampede():
     with pytest.raises(RuntimeError):
         cache.get_or_make(9, broken)
     assert cache.get_or_make(9, lambda: 90) == 90  # a failure is not cached, nor does it block the key
+
+
+def test_a_cached_output_picture_is_never_rewritten_in_place(tmp_path):
+    """A picture produced again must not truncate the file another student is downloading."""
+    import numpy as np
+    from gradio import processing_utils
+
+    import diffusion.ui.common  # noqa: F401 - installs the atomic writer
+
+    picture = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    first = processing_utils.save_img_array_to_cache(picture, str(tmp_path), format="png")
+    with open(first, "ab") as handle:  # a marker: a rewrite would remove it
+        handle.write(b"MARK")
+    second = processing_utils.save_img_array_to_cache(picture, str(tmp_path), format="png")
+    assert second == first
+    assert open(second, "rb").read().endswith(b"MARK")
+    # A new picture is written whole, under its own name, and no temporary file is left behind.
+    other = processing_utils.save_img_array_to_cache(picture[::-1], str(tmp_path), format="png")
+    assert other != first and Path(other).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
