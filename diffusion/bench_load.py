@@ -136,7 +136,7 @@ def _one_request(client: Any, name: str, kwargs: dict[str, Any], stats: Stats) -
 
 
 def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, tuple[float, dict]],
-            think: tuple[float, float] = (3.0, 12.0)) -> None:
+            think: tuple[float, float] = (3.0, 12.0), new_noising_seed: bool = False) -> None:
     """One student: think, click, sometimes double-click, until the bell."""
     from gradio_client import Client
 
@@ -150,7 +150,10 @@ def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, t
         if name == "heat_simulate":
             kwargs["diffusivity"] = round(rng.uniform(0.02, 0.12), 3)
         elif name == "forward_noise":
+            # Lesson 2 is about dragging t: each student keeps the seed in the box (their own,
+            # so 30 students still build 30 noise chains) unless --noising-new-seed says otherwise.
             kwargs["t"] = rng.randrange(1001)
+            kwargs["seed"] = rng.randrange(1000) if new_noising_seed else seed % 1000
         if rng.random() < 0.1:  # a double click: the same request twice at once
             twin = threading.Thread(target=_one_request, args=(client, name, kwargs, stats))
             twin.start()
@@ -162,7 +165,7 @@ def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, t
 
 
 def run_load(students: int, seconds: float, url: str | None = None, extra: list[str] | None = None,
-             think: tuple[float, float] = (3.0, 12.0)) -> dict[str, Any]:
+             think: tuple[float, float] = (3.0, 12.0), new_noising_seed: bool = False) -> dict[str, Any]:
     """Run the classroom; returns the figures (also used by the test suite's small version)."""
     import psutil
 
@@ -193,7 +196,8 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     cpu_before = (_cpu_seconds(server), _cpu_seconds(me, family=False))
     start = time.monotonic()
     deadline = start + seconds
-    threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix, think)) for i in range(students)]
+    threads = [threading.Thread(target=student, args=(url, i, deadline, stats, mix, think, new_noising_seed))
+               for i in range(students)]
     for i, thread in enumerate(threads):
         thread.start()
         time.sleep(min(0.1, seconds / max(students, 1) / 10))  # the class arrives within seconds, not at once
@@ -216,6 +220,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
         except subprocess.TimeoutExpired:
             process.kill()
     report: dict[str, Any] = {"students": students, "seconds": round(wall, 1), "think_s": list(think),
+                              "noising_new_seed_every_click": new_noising_seed,
                               "endpoints": {},
                               "peak_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None,
                               "healthy_after": not after.failed, "cpu_cores_busy": cpu}
@@ -288,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --url must point at this machine (127.0.0.1 or localhost): a load test is not for "
               "other people's servers", file=sys.stderr)
         return 2
-    report = run_load(args.students, args.seconds, args.url, think=(args.think_min, args.think_max))
+    report = run_load(args.students, args.seconds, args.url, think=(args.think_min, args.think_max),
+                      new_noising_seed=args.noising_new_seed)
     print_report(report)
     if args.out:
         import json
@@ -305,6 +311,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long they keep clicking (default 60)")
     parser.add_argument("--think-min", type=float, default=3.0, help="shortest pause between clicks, s (default 3)")
     parser.add_argument("--think-max", type=float, default=12.0, help="longest pause between clicks, s (default 12)")
+    parser.add_argument("--noising-new-seed", action="store_true",
+                        help="every noising request with a new seed, so each one builds a new noise chain "
+                             "(the worst case; default: each student keeps one seed and drags t)")
     parser.add_argument("--url", help="an app that is already running on this machine (default: start one)")
     parser.add_argument("--out", help="write the JSON report here")
     parser.set_defaults(func=run)
