@@ -174,7 +174,8 @@ class RenderPool:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the workers now (in the background of the first request otherwise)."""
+        """Start the workers now (otherwise the first request does). Their imports run in the
+        new processes, so this returns at once; the first drawing waits for them (about 1 s)."""
         with self._lock:
             if self._started:
                 return
