@@ -46,24 +46,30 @@ def default_render_workers(cores: int | None = None) -> int:
     return 0 if cores < 2 else min(4, cores)
 
 
+def data_url(png: bytes) -> str:
+    """PNG bytes as the data URL that gradio's Plot component shows."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def png_data_url(figure: Figure) -> str:
     """``figure`` as a PNG data URL, as gradio's Plot component sends a matplotlib figure."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_url(buffer.getvalue())
 
 
-def heat_figures(params: heat.HeatParams, frame: int, text: dict[str, str]) -> list[Figure]:
+def heat_figures(result: heat.HeatResult, frame: int, text: dict[str, str]) -> list[Figure]:
     """The four figures of one heat-equation run: heat map, profile at ``frame``, error, mass."""
-    result = heat.simulate(params)
     return [heat_plots.plot_heatmap(result, text), heat_plots.plot_profile(result, frame, text),
             heat_plots.plot_error(result, text), heat_plots.plot_mass(result, text)]
 
 
 def _heat_task(request: dict[str, Any]) -> list[str]:
-    params = heat.HeatParams(**request["params"]).validated()
+    # The run is repeated here rather than sent: its frames are megabytes of JSON, its
+    # simulation milliseconds (and deterministic, so the pictures match the server's run).
+    result = heat.simulate(heat.HeatParams(**request["params"]).validated())
     text = {str(k): str(v) for k, v in dict(request.get("text") or {}).items()}
-    return [png_data_url(f) for f in heat_figures(params, int(request["frame"]), text)]
+    return [png_data_url(f) for f in heat_figures(result, int(request["frame"]), text)]
 
 
 def histogram_picture(histogram: dict[str, Any], t: int, text: dict[str, str]) -> list[str]:

@@ -21,11 +21,13 @@ trained from scratch on :mod:`diffusion.shapes` scenes, all regenerated from ``-
 1b. **Decoder** (``--decoder-steps``): the decoder alone trains on, the encoder
    frozen, so the latent space stays as it was and small corners come back sharp.
 2. **Text encoder + denoiser** (``CLIPTextModel`` + ``UNet2DConditionModel``),
-   trained together on the DDPM loss (Ho et al. 2020, Algorithm 1) in latent space::
+   trained together on the DDPM loss (Ho et al. 2020, Algorithm 1) in latent space,
+   by default in its v-prediction form (Salimans & Ho 2022; ``--prediction-type``)::
 
        z_0 ~ q(z | x),  t ~ U{0..T-1},  ε ~ N(0, I)
        z_t = √ᾱ_t z_0 + √(1-ᾱ_t) ε                      (DDPM eq. 4)
-       L = ‖ε - ε_θ(z_t, t, E(c))‖²                     (DDPM eq. 14)
+       v   = √ᾱ_t ε - √(1-ᾱ_t) z_0
+       L = ‖v - v_θ(z_t, t, E(c))‖²     (epsilon: L = ‖ε - ε_θ(z_t, t, E(c))‖², DDPM eq. 14)
 
    Captions drop their size, position and background words at random (so short
    prompts mean "anything"), 10 % become empty (the unconditional model that
@@ -128,7 +130,7 @@ def build_vae(channels: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int
 
 def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size: int,
                latent_channels: int = 8, head_dim: int = 32, pooled_text: bool = True) -> UNet2DConditionModel:
-    """The latent ε-network: cross-attention to the text at every resolution but the lowest.
+    """The latent denoiser: cross-attention to the text at every resolution but the lowest.
 
     Attention heads are ``head_dim`` wide (diffusers' ``attention_head_dim`` argument
     is, for historical reasons, the number of heads per block). Eight heads of 4

@@ -316,7 +316,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         if pictures is not None:
             plots = tuple(PlotData(type="matplotlib", plot=picture) for picture in pictures)
         else:
-            figures = render_worker.heat_figures(params, last, text)
+            figures = render_worker.heat_figures(result, last, text)
             plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass), figures))
         return _status(tr, result, info, lang), plots, result, info, last
 
@@ -343,10 +343,11 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     def heat_kernel(diffusivity, t_end, length, lang):
         """The heat kernel for these D, t and L (the bridge to lesson 2), drawn on request."""
         params = heat.HeatParams(diffusivity=diffusivity, length=length, t_end=t_end).validated()
+        lang = normalize_lang(lang)
         return _KERNELS.get_or_make(
-            (params.diffusivity, params.t_end, params.length, normalize_lang(lang)),
+            (params.diffusivity, params.t_end, params.length, lang),
             lambda: kernel.postprocess(heat_plots.plot_heat_kernel(
-                params.diffusivity, params.t_end, params.length, tr.table("heat.plot.", normalize_lang(lang)))))
+                params.diffusivity, params.t_end, params.length, tr.table("heat.plot.", lang))))
 
     def kernel_if_open(is_open, diffusivity, t_end, length, lang):
         return heat_kernel(diffusivity, t_end, length, lang) if is_open else gr.skip()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import tempfile
 from pathlib import Path
@@ -233,7 +232,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         # The histogram is drawn in a worker process when there is one, off this process's interpreter lock.
         (histogram,) = settings.render_pool.run(render_worker.histogram_request(*args)) or \
             render_worker.histogram_picture(*args)
-        return (PlotData(type="matplotlib", plot="data:image/png;base64," + base64.b64encode(curves).decode("ascii")),
+        return (PlotData(type="matplotlib", plot=render_worker.data_url(curves)),
                 PlotData(type="matplotlib", plot=histogram))
 
     @guarded(tr)

@@ -25,8 +25,8 @@ def pool():
 
 
 def local_heat() -> list[str]:
-    frame = len(heat.simulate(PARAMS).times) - 1
-    return [render_worker.png_data_url(f) for f in render_worker.heat_figures(PARAMS, frame, TEXT)]
+    result = heat.simulate(PARAMS)
+    return [render_worker.png_data_url(f) for f in render_worker.heat_figures(result, len(result.times) - 1, TEXT)]
 
 
 def test_a_worker_draws_the_same_pictures_as_this_process(pool):
