@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 from diffusion.errors import check_range
-from diffusion.figures import merged_text, new_figure
+from diffusion.figures import merged_text, new_figure, unicode_log_labels
 from diffusion.heat import LIMITS, HeatResult, exact_solution, heat_kernel, total_mass
 
 HEAT_TEXT: dict[str, str] = {
@@ -58,21 +58,24 @@ HEAT_TEXT: dict[str, str] = {
 
 WIDTH, HEIGHT = 6.4, 3.6
 TITLE_SIZE, LABEL_SIZE, SMALL_SIZE = 12, 11, 10
+WIDE_LEFT = 0.2  # for y tick labels like 0.99999988 or 4×10⁻³
 _NOTE_BOX = {"boxstyle": "round", "facecolor": "white", "edgecolor": "#c62828", "alpha": 0.9}
 
 
-def _figure() -> Figure:
+def _figure(left: float = 0.125) -> Figure:
     """A figure with fixed margins: the heat tab draws five per run and one per slider
     move, and constrained layout (which measures every tick label first) was about
-    40 % of their rendering time. Only for plots whose tick labels stay short."""
+    40 % of their rendering time. ``left`` leaves room for the y tick labels."""
     fig = new_figure(WIDTH, HEIGHT, layout=None)
-    fig.subplots_adjust(left=0.125, right=0.965, top=0.89, bottom=0.155)
+    fig.subplots_adjust(left=left, right=0.965, top=0.89, bottom=0.155)
     return fig
 
 
 def _axes(fig: Figure, title: str, xlabel: str, ylabel: str) -> Axes:
     ax = fig.add_subplot()
-    ax.set_title(title, fontsize=TITLE_SIZE)
+    # An explicit y keeps matplotlib from measuring every tick label at each draw to
+    # see whether the title must move up (it never must: no axis has top ticks).
+    ax.set_title(title, fontsize=TITLE_SIZE, y=1.0)
     ax.set_xlabel(xlabel, fontsize=LABEL_SIZE)
     ax.set_ylabel(ylabel, fontsize=LABEL_SIZE)
     ax.tick_params(labelsize=SMALL_SIZE)
@@ -165,6 +168,7 @@ def _profile_limits(result: HeatResult) -> tuple[float, float, float | None]:
 def _symlog_axis(ax: Axes, linthresh: float, top: float) -> None:
     """Symmetric-log y axis with ticks only at 0 and +-10^k (default ticks crowd zero)."""
     ax.set_yscale("symlog", linthresh=linthresh)
+    unicode_log_labels(ax.yaxis, minor=False)
     first, last = math.ceil(math.log10(linthresh)), math.floor(math.log10(max(top, linthresh)))
     decades = list(range(first, last + 1, max(1, (last - first + 3) // 4)))
     levels = [10.0**k for k in decades] or [linthresh]
@@ -219,7 +223,7 @@ def plot_error(result: HeatResult, text: Mapping[str, str] | None = None) -> Fig
         The figure; if the error is zero throughout it says so instead.
     """
     t = merged_text(HEAT_TEXT, text)
-    fig = _figure()
+    fig = _figure(left=WIDE_LEFT)  # minor log ticks get labels like 4×10⁻³ on short ranges
     ax = _axes(fig, t["error_title"], t["t_label"], t["error_label"])
     with np.errstate(invalid="ignore"):
         error = np.abs(result.u - result.u_exact).max(axis=1)
@@ -233,6 +237,7 @@ def plot_error(result: HeatResult, text: Mapping[str, str] | None = None) -> Fig
     else:
         ax.semilogy(result.times, shown, color="#1565c0", lw=2.0, marker="o", ms=3,
                     label=t["numerical_label"].format(**_names(result, t)))
+        unicode_log_labels(ax.yaxis)
         ax.legend(fontsize=SMALL_SIZE, loc="best")
     if result.blew_up:
         ax.axvline(result.blow_up_time, color="#c62828", ls="--", lw=1.5)
@@ -255,9 +260,9 @@ def plot_mass(result: HeatResult, text: Mapping[str, str] | None = None) -> Figu
     t = merged_text(HEAT_TEXT, text)
     names = _names(result, t)
     key = "mass_title_decaying" if result.params.boundary == "dirichlet" else "mass_title_conserved"
-    # Constrained layout here: the y labels are absolute totals to up to 9 digits
-    # (1.0000000 against 0.99999988), too wide for the fixed margins of the others.
-    fig = new_figure(WIDTH, HEIGHT)
+    # A wider left margin: the y labels are absolute totals to up to 9 digits
+    # (1.0000000 against 0.99999988).
+    fig = _figure(left=WIDE_LEFT)
     ax = _axes(fig, t[key].format(**names), t["t_label"], t["mass_label"])
     ax.axhline(result.mass[0], color="0.5", ls=":", lw=1.5, label=t["mass_reference"])
     ax.plot(result.times, result.mass, color="#2e7d32", lw=2.0, marker="o", ms=3,

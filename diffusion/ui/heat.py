@@ -261,6 +261,11 @@ _RUNS = LRUCache(capacity=16)
 _KERNELS = LRUCache(capacity=16)
 
 
+def _plot(figure) -> PlotData:
+    """A figure for a ``gr.Plot``, encoded as the drawing processes encode theirs."""
+    return PlotData(type="matplotlib", plot=render_worker.png_data_url(figure))
+
+
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Build the heat-equation tab and wire its events (it also runs once on page load)."""
     lo, hi = heat.LIMITS["n_points"]
@@ -317,7 +322,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             plots = tuple(PlotData(type="matplotlib", plot=picture) for picture in pictures)
         else:
             figures = render_worker.heat_figures(result, last, text)
-            plots = tuple(c.postprocess(f) for c, f in zip((heatmap, profile, error, mass), figures))
+            plots = tuple(_plot(f) for f in figures)
         return _status(tr, result, info, lang), plots, result, info, last
 
     @guarded(tr)
@@ -346,7 +351,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         lang = normalize_lang(lang)
         return _KERNELS.get_or_make(
             (params.diffusivity, params.t_end, params.length, lang),
-            lambda: kernel.postprocess(heat_plots.plot_heat_kernel(
+            lambda: _plot(heat_plots.plot_heat_kernel(
                 params.diffusivity, params.t_end, params.length, tr.table("heat.plot.", lang))))
 
     def kernel_if_open(is_open, diffusivity, t_end, length, lang):
@@ -357,7 +362,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         if result is None:
             return gr.skip()
         index = int(np.argmin(np.abs(result.times - float(t))))
-        return heat_plots.plot_profile(result, index, tr.table("heat.plot.", lang))
+        return _plot(heat_plots.plot_profile(result, index, tr.table("heat.plot.", lang)))
 
     def show_r(d, length, n, t_end, m, scheme, bc, lang):
         try:

@@ -19,6 +19,7 @@ from diffusion.ui.common import (
     AppSettings,
     ImageInput,
     LRUCache,
+    PictureFiles,
     Translator,
     guarded,
     lang_input,
@@ -159,9 +160,14 @@ STRINGS = {
 }
 
 
-# Each chain holds at most T/50 checkpoints of one ≤256×256 image (≤ 16 MB at T = 1000).
+# A class of 30 keeps 30 noise chains (one per student's seed). With a checkpoint every
+# 100 steps a chain holds at most 12 states of one ≤256×256 image (≤ 9.5 MB at T = 1000),
+# and a slider move costs at most 100 steps (about 50 ms).
+CHECKPOINT_EVERY = 100
 _IMAGES = LRUCache(capacity=32)
-_CHAINS = LRUCache(capacity=12)
+_CHAINS = LRUCache(capacity=32)
+# Output pictures, encoded once: the noise and the strip do not change while t moves.
+_PICTURES = PictureFiles(capacity=1024)
 
 
 def _load(path: str | None) -> tuple[str, np.ndarray, dict]:
@@ -212,18 +218,29 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         T = sched.num_train_timesteps
         seed = check_range("seed", seed, *noising.LIMITS["seed"], integer=True)
         t = check_range("t", t, 0, T, integer=True)
-        chain = _CHAINS.get_or_make((key, schedule, T, seed), lambda: noising.StepwiseChain(x0, sched, seed))
-        return noising.forward_noise(x0, schedule, T, t, seed, chain=chain), info
+        chain = _CHAINS.get_or_make((key, schedule, T, seed),
+                                    lambda: noising.StepwiseChain(x0, sched, seed, checkpoint_every=CHECKPOINT_EVERY))
+        return noising.forward_noise(x0, schedule, T, t, seed, chain=chain), (key, info)
 
-    def pictures(result, info, lang):
+    def pictures(result, image, lang):
+        key, info = image
         T, schedule, seed = result.num_train_timesteps, result.schedule, result.seed
+        run = (key, schedule, T, seed)  # everything the pixels depend on, with the kind of picture and t
+
+        def closed_form(s):  # x_s by eq. 4, as in the strip; the one at t is already computed
+            if s == result.t:
+                return noising.to_display(result.x_t)
+            return noising.to_display(noising.noise_strip(result.x0, schedule, T, seed, [s])[0])
+
         ts = sorted({round(f * T) for f in STRIP_FRACTIONS})
-        frames = noising.noise_strip(result.x0, schedule, T, seed, ts)
-        gallery = [(noising.to_display(f), tr.text("noising.strip_caption", lang, t=s)) for f, s in zip(frames, ts)]
+        gallery = [(_PICTURES.path((*run, "closed", s), lambda s=s: closed_form(s)),
+                    tr.text("noising.strip_caption", lang, t=s)) for s in ts]
         (w0, h0), (w, h) = info["original_size"], info["size"]
         note = tr.text("noising.resized", lang, w0=w0, h0=h0, w=w, h=h) if info["resized"] else ""
-        return (note, noising.to_display(result.x_t), noising.to_display(result.noise, lo=-3.0, hi=3.0),
-                noising.to_display(result.x_t_stepwise), gallery)
+        return (note, _PICTURES.path((*run, "closed", result.t), lambda: closed_form(result.t)),
+                _PICTURES.path((*run, "noise"), lambda: noising.to_display(result.noise, lo=-3.0, hi=3.0)),
+                _PICTURES.path((*run, "stepwise", result.t), lambda: noising.to_display(result.x_t_stepwise)),
+                gallery)
 
     def plots(result, lang):
         text = tr.table("noising.plot.", lang)
@@ -237,8 +254,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
 
     @guarded(tr)
     def forward(image, schedule, num_train_timesteps, t, seed, lang):
-        result, info = compute(image, schedule, num_train_timesteps, t, seed)
-        return (*pictures(result, info, lang), *plots(result, lang), result.summary())
+        result, picked = compute(image, schedule, num_train_timesteps, t, seed)
+        return (*pictures(result, picked, lang), *plots(result, lang), result.summary())
 
     # The live path answers a slider move with the images first (tens of ms), then
     # redraws the two plots (a few hundred ms) in a follow-up event.
@@ -246,8 +263,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     def live_pictures(image, schedule, num_train_timesteps, t, seed, lang):
         if not image:  # the image box was just cleared: wait quietly for a new one
             return [gr.skip()] * 6
-        result, info = compute(image, schedule, num_train_timesteps, t, seed)
-        return (*pictures(result, info, lang), result.summary())
+        result, picked = compute(image, schedule, num_train_timesteps, t, seed)
+        return (*pictures(result, picked, lang), result.summary())
 
     @guarded(tr)
     def live_plots(image, schedule, num_train_timesteps, t, seed, lang):

@@ -148,6 +148,29 @@ def test_forward_noise_is_deterministic(client):
     assert np.array_equal(np.asarray(Image.open(a[3])), np.asarray(Image.open(b[3])))
 
 
+def test_forward_noise_pictures_are_the_cores_pixels_as_t_moves(client):
+    """The pictures are kept between slider moves: each must still show exactly what the core computes."""
+    from diffusion import images, noising
+
+    example = str(list_examples()[0])
+    x0, _ = images.load_image(example, max_side=256)
+    chain = None
+    strips = []
+    for t in (400, 37, 400, 1000):  # back and forth, so kept pictures are handed out again
+        out = client.predict(image=handle_file(example), schedule="cosine", num_train_timesteps=1000, t=t, seed=11,
+                             lang="en", api_name="/forward_noise")
+        core = noising.forward_noise(x0, "cosine", 1000, t, 11, chain=chain)
+        chain = core.chain
+        for picture, expected in ((out[1], core.x_t), (out[3], core.x_t_stepwise)):
+            assert np.array_equal(np.asarray(Image.open(picture)), noising.to_display(expected))
+        assert np.array_equal(np.asarray(Image.open(out[2])), noising.to_display(core.noise, lo=-3.0, hi=3.0))
+        strips.append([np.asarray(Image.open(item["image"])) for item in out[4]])
+        assert [item["caption"] for item in out[4]] == [f"t = {s}" for s in (0, 50, 100, 250, 500, 750, 1000)]
+    frames = noising.noise_strip(x0, "cosine", 1000, 11, [0, 50, 100, 250, 500, 750, 1000])
+    for strip in strips:
+        assert all(np.array_equal(a, noising.to_display(b)) for a, b in zip(strip, frames, strict=True))
+
+
 def test_forward_noise_gif_export(client):
     path = client.predict(image=handle_file(str(list_examples()[0])), schedule="linear", num_train_timesteps=200,
                           seed=0, lang="en", api_name="/forward_noise_gif")

@@ -347,3 +347,59 @@ def test_heat_kernel_figure_and_frame_index_check(results):
     assert fig.axes[0].get_title() == HEAT_TEXT["kernel_title"]
     with pytest.raises(InputError):
         plot_profile(results["normal"], 10_000)
+
+
+@pytest.mark.parametrize("limits", [(1e-5, 3e2), (1e-3, 5e-3), (2e-13, 1.0), (0.5, 40.0)])
+def test_log_axis_labels_are_matplotlibs_own_in_unicode(limits):
+    """Same labelled ticks as matplotlib's mathtext labels, the same text once the markup is read."""
+    import re
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    from diffusion.figures import unicode_log_labels
+
+    def labels(ours):
+        fig = Figure()
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.semilogy([1, 2], list(limits))
+        ax.set_ylim(*limits)
+        if ours:
+            unicode_log_labels(ax.yaxis)
+        fig.canvas.draw()
+        return [t.get_text() for minor in (False, True) for t in ax.get_yticklabels(minor=minor)]
+
+    def read(mathtext):  # the meaning of matplotlib's markup, written out independently
+        body = mathtext.removeprefix("$\\mathdefault{").removesuffix("}$").replace("\\times", "×")
+        sup = dict(zip("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+        return re.sub(r"\^\{([-0-9]+)\}", lambda m: "".join(sup[c] for c in m.group(1)), body)
+
+    theirs, ours = labels(False), labels(True)
+    assert isinstance(Figure().add_subplot(yscale="log").yaxis.get_major_formatter(), LogFormatterSciNotation)
+    assert [read(s) for s in theirs] == ours
+    assert any(ours) and not any("$" in s or "\\" in s for s in ours)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(initial_condition="spike", diffusivity=0.1, length=100.0, n_points=400, t_end=20.0, n_steps=2000),
+    dict(initial_condition="step", diffusivity=0.1, length=1000.0, n_points=400, t_end=200.0, n_steps=200,
+         scheme="crank_nicolson", boundary="periodic"),  # minor log labels such as 4×10⁻³
+    dict(initial_condition="spike", diffusivity=4.0, length=100.0, n_points=400, t_end=20.0, n_steps=2000,
+         boundary="neumann"),  # FTCS blows up: symmetric-log profile
+])
+@pytest.mark.parametrize("lang", ["en", "zh-CN"])
+def test_every_label_of_the_heat_figures_is_inside_the_picture(settings, lang):
+    from diffusion import render_worker
+    from diffusion.ui.heat import STRINGS
+
+    text = {k.removeprefix("heat.plot."): v for k, v in STRINGS[lang].items() if k.startswith("heat.plot.")}
+    result = simulate(HeatParams(**settings).validated())
+    frame = max(i for i in range(len(result.times)) if np.isfinite(result.u[i]).all())
+    for fig in render_worker.heat_figures(result, frame, text):
+        fig.canvas.draw()
+        box = fig.get_tightbbox(fig.canvas.get_renderer())  # everything drawn, in inches
+        width, height = fig.get_size_inches()
+        slack = 0.02
+        assert box.x0 >= -slack and box.y0 >= -slack and box.x1 <= width + slack and box.y1 <= height + slack, \
+            (box.bounds, fig.axes[0].get_title())

@@ -245,3 +245,29 @@ def test_a_cached_output_picture_is_never_rewritten_in_place(tmp_path):
     other = processing_utils.save_img_array_to_cache(picture[::-1], str(tmp_path), format="png")
     assert other != first and Path(other).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
+
+
+def test_picture_files_encode_each_picture_once_and_delete_what_they_drop():
+    import numpy as np
+    from PIL import Image
+
+    store = common.PictureFiles(capacity=2)
+    rng = np.random.default_rng(0)
+    pictures = {k: rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for k in "abc"}
+    made = []
+
+    def make(key):
+        made.append(key)
+        return pictures[key]
+
+    a = store.path("a", lambda: make("a"))
+    assert store.path("a", lambda: make("a")) == a and made == ["a"]  # kept, not encoded again
+    assert np.array_equal(np.asarray(Image.open(a)), pictures["a"])  # lossless
+    b = store.path("b", lambda: make("b"))
+    store.path("a", lambda: make("a"))  # a is now the most recently used
+    c = store.path("c", lambda: make("c"))  # capacity 2: b goes, with its file
+    assert not Path(b).exists() and Path(a).exists() and Path(c).exists()
+    assert made == ["a", "b", "c"]
+    Path(a).unlink()  # a file removed behind the store's back is made again
+    again = store.path("a", lambda: make("a"))
+    assert made == ["a", "b", "c", "a"] and np.array_equal(np.asarray(Image.open(again)), pictures["a"])
