@@ -185,7 +185,7 @@ class _ScheduleFigure:
                 self.fig.draw_artist(artist)
             rgba = np.asarray(canvas.buffer_rgba())[..., :3].copy()
         buffer = io.BytesIO()
-        Image.fromarray(rgba).save(buffer, format="PNG", compress_level=3)
+        Image.fromarray(rgba).save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
 
 
@@ -224,7 +224,9 @@ def histogram_data(x_t: np.ndarray, x0: np.ndarray) -> dict[str, Any]:
     edges = np.arange(-_HIST_RANGE - width / 2, _HIST_RANGE + width, width)
 
     def density(values: np.ndarray) -> list[float]:
-        counts, _ = np.histogram(values, bins=edges)
+        # A bin count and range, not the edges: numpy then takes its equal-width path
+        # (about 2 ms instead of 5 for a 256×171 RGB image), with the same counts.
+        counts, _ = np.histogram(values, bins=len(edges) - 1, range=(edges[0], edges[-1]))
         total = counts.sum() * width
         return (counts / total).tolist() if total else [0.0] * (len(edges) - 1)
 

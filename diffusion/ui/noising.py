@@ -246,8 +246,9 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         text = tr.table("noising.plot.", lang)
         curves = noising_plots.schedules_png(result.schedule, result.num_train_timesteps, result.t, text)
         args = (noising_plots.histogram_data(result.x_t, result.x0), result.t, text)
-        # The histogram is drawn in a worker process when there is one, off this process's interpreter lock.
-        (histogram,) = settings.render_pool.run(render_worker.histogram_request(*args)) or \
+        # The histogram is drawn in a worker process when one is free, off this process's
+        # interpreter lock; when all are busy (drawing heat runs) it is drawn here, sooner.
+        (histogram,) = settings.render_pool.run(render_worker.histogram_request(*args), wait=False) or \
             render_worker.histogram_picture(*args)
         return (PlotData(type="matplotlib", plot=render_worker.data_url(curves)),
                 PlotData(type="matplotlib", plot=histogram))

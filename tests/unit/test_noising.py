@@ -309,6 +309,11 @@ def test_histogram_data_are_densities_of_the_pixels():
     widths = np.diff(edges)
     assert np.allclose(data["noisy"], expected / (expected.sum() * widths))
     assert np.sum(np.asarray(data["clean"]) * widths) == pytest.approx(1.0)
+    # A real picture's 256 levels, every one of them, land in the bins the edges say.
+    levels = rng.permutation(np.repeat(np.arange(256), 12)).reshape(32, 32, 3) / 127.5 - 1.0
+    counts, _ = np.histogram(levels.ravel(), bins=edges)
+    got = np.asarray(histogram_data(x_t, levels)["clean"]) * counts.sum() / 12.0  # back to counts
+    assert np.array_equal(np.rint(got), counts) and np.allclose(got, counts)
     assert data["mean"] == round(float(x_t.mean()), 2) and data["std"] == round(float(x_t.std()), 2)
     # Bins centred on -1, 0 and 1, where a clean picture's levels pile up.
     centres = (edges[:-1] + edges[1:]) / 2

@@ -73,6 +73,27 @@ def test_two_requests_at_once_both_get_their_pictures(pool):
     print(f"one request {one:.3f} s, two at once {two:.3f} s")
 
 
+def test_a_caller_that_will_not_wait_draws_itself_while_every_worker_is_busy():
+    import threading
+
+    pool = RenderPool(1, timeout=60)
+    try:
+        histogram = render_worker.histogram_request(
+            noising_plots.histogram_data(np.zeros((8, 8, 3)), np.zeros((8, 8, 3))), 5, {})
+        assert pool.run(histogram, wait=False)  # idle: the worker draws it
+        busy = threading.Thread(target=pool.run, args=(render_worker.heat_request(PARAMS, 10, TEXT),))
+        busy.start()
+        deadline = time.monotonic() + 5
+        while pool._idle.qsize() and time.monotonic() < deadline:  # until the worker has taken the heat run
+            time.sleep(0.001)
+        assert pool.run(histogram, wait=False) is None
+        assert busy.is_alive()  # it answered without waiting for the heat run to finish
+        busy.join()
+        assert pool.run(histogram, wait=False)  # free again
+    finally:
+        pool.close()
+
+
 def test_a_refused_task_returns_none_and_the_worker_stays(pool):
     assert pool.run({"task": "heat", "params": {"diffusivity": -1.0}, "frame": 0, "text": {}}) is None
     assert pool.run({"task": "no such task"}) is None
