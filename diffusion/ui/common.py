@@ -16,6 +16,7 @@ import html
 import inspect
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -363,18 +364,22 @@ class PictureFiles:
                 atexit.register(shutil.rmtree, self._folder, True)
             return self._folder
 
-    def path(self, key: Hashable, make: Callable[[], Any]) -> str:
-        """The PNG file for ``key``; ``make()`` returns its uint8 ``(H, W, 3)`` array when it is not kept."""
+    def path(self, key: Hashable, make: Callable[[], Any], name: str = "picture") -> str:
+        """The PNG file for ``key``; ``make()`` returns its uint8 ``(H, W, 3)`` array when it is not kept.
+
+        ``name`` starts the file name, which is what a student who downloads the picture sees.
+        """
+        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] + "_"
         while True:
-            name = self._files.get_or_make(key, lambda: self._write(make()))
+            name = self._files.get_or_make(key, lambda: self._write(make(), prefix))
             if os.path.exists(name):
                 return name
             self._files.forget(key)  # deleted behind our back (a cache cleaner): make it again
 
-    def _write(self, array: Any) -> str:
+    def _write(self, array: Any, prefix: str) -> str:
         from PIL import Image
 
-        handle, staging = tempfile.mkstemp(dir=self._dir(), suffix=".png")
+        handle, staging = tempfile.mkstemp(dir=self._dir(), prefix=prefix, suffix=".png")
         try:
             with os.fdopen(handle, "wb") as out:
                 Image.fromarray(array).save(out, format="png", compress_level=1)

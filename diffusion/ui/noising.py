@@ -233,13 +233,17 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             return noising.to_display(noising.noise_strip(result.x0, schedule, T, seed, [s])[0])
 
         ts = sorted({round(f * T) for f in STRIP_FRACTIONS})
-        gallery = [(_PICTURES.path((*run, "closed", s), lambda s=s: closed_form(s)),
+        name = f"{schedule}_T{T}_seed{seed}"
+        gallery = [(_PICTURES.path((*run, "closed", s), lambda s=s: closed_form(s), f"x_t_{name}_t{s}"),
                     tr.text("noising.strip_caption", lang, t=s)) for s in ts]
         (w0, h0), (w, h) = info["original_size"], info["size"]
         note = tr.text("noising.resized", lang, w0=w0, h0=h0, w=w, h=h) if info["resized"] else ""
-        return (note, _PICTURES.path((*run, "closed", result.t), lambda: closed_form(result.t)),
-                _PICTURES.path((*run, "noise"), lambda: noising.to_display(result.noise, lo=-3.0, hi=3.0)),
-                _PICTURES.path((*run, "stepwise", result.t), lambda: noising.to_display(result.x_t_stepwise)),
+        return (note, _PICTURES.path((*run, "closed", result.t), lambda: closed_form(result.t),
+                                     f"x_t_{name}_t{result.t}"),
+                _PICTURES.path((*run, "noise"), lambda: noising.to_display(result.noise, lo=-3.0, hi=3.0),
+                               f"noise_{name}"),
+                _PICTURES.path((*run, "stepwise", result.t), lambda: noising.to_display(result.x_t_stepwise),
+                               f"x_t_stepwise_{name}_t{result.t}"),
                 gallery)
 
     def plots(result, lang):
