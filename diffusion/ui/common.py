@@ -362,6 +362,8 @@ class PictureFiles:
                 import shutil
 
                 atexit.register(shutil.rmtree, self._folder, True)
+            elif not self._folder.is_dir():  # removed by a temp-folder cleaner: make it again
+                self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             return self._folder
 
     def path(self, key: Hashable, make: Callable[[], Any], name: str = "picture") -> str:
@@ -370,11 +372,11 @@ class PictureFiles:
         ``name`` starts the file name, which is what a student who downloads the picture sees.
         """
         prefix = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] + "_"
-        while True:
-            name = self._files.get_or_make(key, lambda: self._write(make(), prefix))
-            if os.path.exists(name):
-                return name
-            self._files.forget(key)  # deleted behind our back (a cache cleaner): make it again
+        file = self._files.get_or_make(key, lambda: self._write(make(), prefix))
+        if not os.path.exists(file):  # deleted behind our back (a temp-folder cleaner): make it again
+            self._files.forget(key)
+            file = self._files.get_or_make(key, lambda: self._write(make(), prefix))
+        return file
 
     def _write(self, array: Any, prefix: str) -> str:
         from PIL import Image

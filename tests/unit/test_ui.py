@@ -271,6 +271,11 @@ def test_picture_files_encode_each_picture_once_and_delete_what_they_drop():
     Path(a).unlink()  # a file removed behind the store's back is made again
     again = store.path("a", lambda: make("a"))
     assert made == ["a", "b", "c", "a"] and np.array_equal(np.asarray(Image.open(again)), pictures["a"])
+    # Even the whole folder removed by a temp-folder cleaner is made again.
+    import shutil
+
+    shutil.rmtree(Path(a).parent)
+    assert np.array_equal(np.asarray(Image.open(store.path("a", lambda: pictures["a"]))), pictures["a"])
     # The name a download gets starts with the one given, made safe for a file name.
     named = store.path("d", lambda: pictures["a"], name="x_t cosine/../t=250")
-    assert Path(named).name.startswith("x_t_cosine_.._t_250_") and Path(named).parent == Path(a).parent
+    assert Path(named).name.startswith("x_t_cosine_.._t_250_") and Path(named).parent == Path(again).parent
