@@ -23,6 +23,7 @@ one at a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import socket
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,12 +148,19 @@ def fetch_files(http: Any, answer: Any) -> int:
     return 0
 
 
-def connect(url: str) -> tuple[Any, Any]:
-    """A student's two connections: the gradio client (files not downloaded) and one HTTP client for the files."""
+@contextlib.contextmanager
+def connect(url: str) -> Iterator[tuple[Any, Any]]:
+    """A student's two connections: the gradio client (files not downloaded) and one HTTP
+    client for the files; both closed afterwards (the gradio client's heartbeat thread too)."""
     import httpx
     from gradio_client import Client
 
-    return Client(url, verbose=False, download_files=False), httpx.Client(timeout=120)
+    client = Client(url, verbose=False, download_files=False)
+    try:
+        with httpx.Client(timeout=120) as http:
+            yield client, http
+    finally:
+        client.close()
 
 
 def _one_request(client: Any, http: Any, name: str, kwargs: dict[str, Any], stats: Stats) -> None:
@@ -176,27 +185,27 @@ def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, t
             think: tuple[float, float] = (3.0, 12.0), new_noising_seed: bool = False) -> None:
     """One student: think, click, sometimes double-click, until the bell."""
     rng = random.Random(seed)
-    client, http = connect(url)
     names, weights = list(mix), [w for w, _ in mix.values()]
-    while time.monotonic() < deadline:
-        name = rng.choices(names, weights)[0]
-        kwargs = dict(mix[name][1], **({"seed": rng.randrange(1000)} if "seed" in mix[name][1] else {}))
-        # Students move the sliders: every request differs, so no answer comes from a cache by luck.
-        if name == "heat_simulate":
-            kwargs["diffusivity"] = round(rng.uniform(0.02, 0.12), 3)
-        elif name == "forward_noise":
-            # Lesson 2 is about dragging t: each student keeps the seed in the box (their own,
-            # so 30 students still build 30 noise chains) unless --noising-new-seed says otherwise.
-            kwargs["t"] = rng.randrange(1001)
-            kwargs["seed"] = rng.randrange(1000) if new_noising_seed else seed % 1000
-        if rng.random() < 0.1:  # a double click: the same request twice at once
-            twin = threading.Thread(target=_one_request, args=(client, http, name, kwargs, stats))
-            twin.start()
-            _one_request(client, http, name, kwargs, stats)
-            twin.join()
-        else:
-            _one_request(client, http, name, kwargs, stats)
-        time.sleep(rng.uniform(*think))  # looking at the result, moving a slider
+    with connect(url) as (client, http):
+        while time.monotonic() < deadline:
+            name = rng.choices(names, weights)[0]
+            kwargs = dict(mix[name][1], **({"seed": rng.randrange(1000)} if "seed" in mix[name][1] else {}))
+            # Students move the sliders: every request differs, so no answer comes from a cache by luck.
+            if name == "heat_simulate":
+                kwargs["diffusivity"] = round(rng.uniform(0.02, 0.12), 3)
+            elif name == "forward_noise":
+                # Lesson 2 is about dragging t: each student keeps the seed in the box (their own,
+                # so 30 students still build 30 noise chains) unless --noising-new-seed says otherwise.
+                kwargs["t"] = rng.randrange(1001)
+                kwargs["seed"] = rng.randrange(1000) if new_noising_seed else seed % 1000
+            if rng.random() < 0.1:  # a double click: the same request twice at once
+                twin = threading.Thread(target=_one_request, args=(client, http, name, kwargs, stats))
+                twin.start()
+                _one_request(client, http, name, kwargs, stats)
+                twin.join()
+            else:
+                _one_request(client, http, name, kwargs, stats)
+            time.sleep(rng.uniform(*think))  # looking at the result, moving a slider
 
 
 def run_load(students: int, seconds: float, url: str | None = None, extra: list[str] | None = None,
@@ -251,7 +260,8 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
            "students": _share(_cpu_seconds(me, family=False), cpu_before[1], wall)}
     # The server still answers a fresh request after the rush.
     after = Stats()
-    _one_request(*connect(url), "heat_simulate", mix["heat_simulate"][1], after)
+    with connect(url) as (client, http):
+        _one_request(client, http, "heat_simulate", mix["heat_simulate"][1], after)
     done.set()
     if process is not None:
         process.terminate()

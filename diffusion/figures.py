@@ -67,6 +67,7 @@ def new_figure(width: float = 6.4, height: float = 4.0, dpi: int = 100,
     return fig
 
 
+_MATHTEXT_OPEN, _MATHTEXT_CLOSE = "$\\mathdefault{", "}$"  # how LogFormatterSciNotation wraps a label
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 _POWER = re.compile(r"10\^\{(-?[0-9]+)\}")
 
@@ -81,9 +82,10 @@ class UnicodeLogFormatter(LogFormatterSciNotation):
 
     def __call__(self, x: float, pos: int | None = None) -> str:
         label = super().__call__(x, pos)
-        if not (label.startswith("$\\mathdefault{") and label.endswith("}$")):
+        if not (label.startswith(_MATHTEXT_OPEN) and label.endswith(_MATHTEXT_CLOSE)):
             return label
-        body = _POWER.sub(lambda m: "10" + m.group(1).translate(_SUPERSCRIPT), label[14:-2])
+        body = label.removeprefix(_MATHTEXT_OPEN).removesuffix(_MATHTEXT_CLOSE)
+        body = _POWER.sub(lambda m: "10" + m.group(1).translate(_SUPERSCRIPT), body)
         body = body.replace("\\times", "×")
         return label if ("\\" in body or "{" in body or "^" in body) else body
 

@@ -335,6 +335,13 @@ def gpu_task(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[...,
     return spaces.GPU(duration=duration)
 
 
+def plot_picture(url: str) -> Any:
+    """A PNG data URL (from :mod:`diffusion.render_worker`) as the value of a ``gr.Plot``."""
+    from gradio.components.plot import PlotData
+
+    return PlotData(type="matplotlib", plot=url)
+
+
 class PictureFiles:
     """Output pictures as PNG files, each encoded once and kept while it is likely to come back.
 

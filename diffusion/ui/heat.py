@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import gradio as gr
-from gradio.components.plot import PlotData
 import numpy as np
 
 from diffusion import heat, heat_plots, render_worker
@@ -18,6 +17,7 @@ from diffusion.ui.common import (
     Translator,
     guarded,
     lang_input,
+    plot_picture,
     normalize_lang,
 )
 
@@ -261,9 +261,9 @@ _RUNS = LRUCache(capacity=16)
 _KERNELS = LRUCache(capacity=16)
 
 
-def _plot(figure) -> PlotData:
+def _plot(figure) -> Any:
     """A figure for a ``gr.Plot``, encoded as the drawing processes encode theirs."""
-    return PlotData(type="matplotlib", plot=render_worker.png_data_url(figure))
+    return plot_picture(render_worker.png_data_url(figure))
 
 
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
@@ -319,7 +319,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         # interpreter lock), so a cached answer is sent again without redrawing.
         pictures = settings.render_pool.run(render_worker.heat_request(params, last, text))
         if pictures is not None:
-            plots = tuple(PlotData(type="matplotlib", plot=picture) for picture in pictures)
+            plots = tuple(plot_picture(picture) for picture in pictures)
         else:
             figures = render_worker.heat_figures(result, last, text)
             plots = tuple(_plot(f) for f in figures)

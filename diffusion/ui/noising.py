@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-from gradio.components.plot import PlotData
 import numpy as np
 
 from diffusion import images, noising, noising_plots, render_worker
@@ -23,6 +22,7 @@ from diffusion.ui.common import (
     Translator,
     guarded,
     lang_input,
+    plot_picture,
 )
 
 DEFAULT_T = 250
@@ -254,8 +254,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         # interpreter lock; when all are busy (drawing heat runs) it is drawn here, sooner.
         (histogram,) = settings.render_pool.run(render_worker.histogram_request(*args), wait=False) or \
             render_worker.histogram_picture(*args)
-        return (PlotData(type="matplotlib", plot=render_worker.data_url(curves)),
-                PlotData(type="matplotlib", plot=histogram))
+        return plot_picture(render_worker.data_url(curves)), plot_picture(histogram)
 
     @guarded(tr)
     def forward(image, schedule, num_train_timesteps, t, seed, lang):
