@@ -24,7 +24,7 @@ import torch
 
 import diffusion
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
-from diffusion.render_worker import RenderPool, default_render_workers
+from diffusion.serving.render_pool import RenderPool, default_render_workers
 from diffusion.ui import common, denoising, heat, noising, sampling, text2image
 from diffusion.ui.common import AppSettings, Translator
 

@@ -28,7 +28,7 @@ from typing import Any
 import gradio as gr
 
 from diffusion.errors import InputError
-from diffusion.render_worker import RenderPool
+from diffusion.serving.render_pool import RenderPool
 from diffusion.figures import cjk_font_available
 
 log = logging.getLogger("diffusion.ui")
@@ -336,7 +336,7 @@ def gpu_task(duration: int = 60) -> Callable[[Callable[..., Any]], Callable[...,
 
 
 def plot_picture(url: str) -> Any:
-    """A PNG data URL (from :mod:`diffusion.render_worker`) as the value of a ``gr.Plot``."""
+    """A PNG data URL (from :mod:`diffusion.serving.render_pool`) as the value of a ``gr.Plot``."""
     from gradio.components.plot import PlotData
 
     return PlotData(type="matplotlib", plot=url)

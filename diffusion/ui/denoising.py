@@ -13,9 +13,12 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from diffusion import classical, denoise_plots, images, models
-from diffusion.denoiser_net import sigma_to_model
-from diffusion.denoising import (COLOR_MODES, DEFAULT_COLOR, DIFFUSION_METHODS, METHODS, MethodResult, add_noise,
+from diffusion import images
+from diffusion.lessons.denoising import classical
+from diffusion.lessons.denoising import figures as denoise_plots
+from diffusion.models import registry as models
+from diffusion.models.denoiser_net import sigma_to_model
+from diffusion.lessons.denoising.denoiser import (COLOR_MODES, DEFAULT_COLOR, DIFFUSION_METHODS, METHODS, MethodResult, add_noise,
                                  run_method, score, summary, to_uint8)
 from diffusion.errors import InputError, check_choice, check_range
 from diffusion.examples import list_examples

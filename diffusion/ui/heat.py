@@ -8,7 +8,9 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from diffusion import heat, heat_plots, render_worker
+from diffusion.lessons.heat import solver as heat
+from diffusion.lessons.heat import figures as heat_plots
+from diffusion.serving import render_pool as render_worker
 from diffusion.ui.common import (
     LANG_JS,
     LATEX,

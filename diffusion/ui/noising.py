@@ -9,7 +9,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from diffusion import images, noising, noising_plots, render_worker
+from diffusion import images
+from diffusion.lessons.noising import process as noising
+from diffusion.lessons.noising import figures as noising_plots
+from diffusion.serving import render_pool as render_worker
 from diffusion.errors import check_range
 from diffusion.examples import list_examples
 from diffusion.ui.common import (

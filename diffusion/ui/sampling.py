@@ -2,13 +2,13 @@
 
 One run works like this:
 
-1. :func:`diffusion.sampling.sample` runs in a worker thread (:class:`LiveRun`) and its
+1. :func:`diffusion.lessons.sampling.sampler.sample` runs in a worker thread (:class:`LiveRun`) and its
    callback keeps the newest step. The event handler, a generator, yields the first step
    at once and then the newest step's x_t, x̂_0 and ε̂ about four times a second, so
    DDPM's 1000 steps neither flood the browser nor starve the sampler of CPU.
 2. The Stop button sets the run's stop flag; the loop ends after the current step and
    the run finishes normally, with its partial trajectory. Closing the page does the same.
-3. The finished :class:`~diffusion.sampling.Trajectory` stays in memory (:class:`RunStore`,
+3. The finished :class:`~diffusion.lessons.sampling.sampler.Trajectory` stays in memory (:class:`RunStore`,
    bounded in bytes) under a random run id, so the step slider and the GIF export read it
    back without recomputing anything.
 """
@@ -31,13 +31,13 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion import models
+from diffusion.models import registry as models
 from diffusion.errors import InputError
 from diffusion.images import save_gif
-from diffusion.sampling import (
+from diffusion.lessons.sampling.sampler import (
     DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
 )
-from diffusion.sampling_plots import SAMPLING_TEXT, plot_std
+from diffusion.lessons.sampling.figures import SAMPLING_TEXT, plot_std
 from diffusion.ui.common import (LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input, model_device,
                                  progress_html)
 

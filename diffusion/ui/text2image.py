@@ -1,7 +1,7 @@
 """Lesson 5 tab: text-to-image through a diffusers pipeline, streamed live and scrubbable.
 
 The run works like lesson 3's (and reuses its :class:`~diffusion.ui.sampling.LiveRun`
-and :class:`~diffusion.ui.sampling.RunStore`): :func:`diffusion.text2image.generate`
+and :class:`~diffusion.ui.sampling.RunStore`): :func:`diffusion.lessons.text2image.pipeline.generate`
 runs in a worker thread, the handler yields the newest step a few times a second,
 Stop (or a closed page) ends the pipeline after its current step, and the recorded
 latents stay cached under a run id for the step slider. Frames are decoded by the
@@ -20,8 +20,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from diffusion import models
-from diffusion import text2image as t2i
+from diffusion.models import registry as models
+from diffusion.lessons.text2image import pipeline as t2i
 from diffusion.errors import InputError
 from diffusion.images import check_upload, load_image
 from diffusion.ui.common import (LANG_JS, LATEX, AppSettings, ImageInput, Translator, gpu_task, guarded,

@@ -284,7 +284,7 @@ def test_denoising_upload_compare_zoom_and_bad_files(session, tmp_path):
 
 
 def test_text_to_image_streams_scrubs_stops_and_starts_from_a_picture(session, tmp_path):
-    from diffusion import models
+    from diffusion.models import registry as models
 
     if not models.text2image_available():
         pytest.skip("the embedded text-to-image model is not installed")

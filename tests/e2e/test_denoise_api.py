@@ -17,7 +17,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from diffusion import classical, models
+from diffusion.lessons.denoising import classical
+from diffusion.models import registry as models
 from diffusion.examples import list_examples
 
 pytestmark = [pytest.mark.e2e,

@@ -17,7 +17,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from diffusion import models
+from diffusion.models import registry as models
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.e2e

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from diffusion import models
+from diffusion.models import registry as models
 from diffusion.examples import list_examples
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusion.bench_load import print_report, run_load
+from diffusion.bench.load import print_report, run_load
 
 pytestmark = pytest.mark.e2e
 

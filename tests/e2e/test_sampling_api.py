@@ -14,7 +14,7 @@ import pytest
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from diffusion import models
+from diffusion.models import registry as models
 from diffusion.ui import sampling as tab
 
 pytestmark = [pytest.mark.e2e,

@@ -14,7 +14,7 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from diffusion import models
+from diffusion.models import registry as models
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not models.text2image_available(), reason="the embedded model is not installed")]

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 import app
-from diffusion.denoiser_net import NoiseLevels, sigma_to_model
+from diffusion.models.denoiser_net import NoiseLevels, sigma_to_model
 from diffusion.errors import InputError
 from diffusion.examples import list_examples
-from diffusion.noising import make_scheduler
+from diffusion.lessons.noising.process import make_scheduler
 from diffusion.ui import denoising as tab
 
 PHOTO = next(p for p in list_examples() if p.name == "chelsea.png")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffusion import evaluate
+from diffusion.evaluate import mnist as evaluate
 from tests.unit.test_sampling import tiny_unet
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

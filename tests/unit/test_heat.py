@@ -1,4 +1,4 @@
-"""Unit tests for lesson 1 (diffusion.heat and diffusion.heat_plots).
+"""Unit tests for lesson 1 (diffusion.lessons.heat.solver and diffusion.lessons.heat.figures).
 
 Every numerical check compares against an independent reference: a closed-form
 solution, a dense matrix solve, the textbook loop, or a moment identity.
@@ -17,11 +17,11 @@ import pytest
 from matplotlib.figure import Figure
 
 from diffusion.errors import InputError
-from diffusion.heat import (
+from diffusion.lessons.heat.solver import (
     BOUNDARIES, LIMITS, HeatParams, crank_nicolson, exact_solution, ftcs, ftcs_step,
     ftcs_textbook, heat_kernel, make_grid, parse_expression, simulate,
 )
-from diffusion.heat_plots import (
+from diffusion.lessons.heat.figures import (
     HEAT_TEXT, plot_error, plot_heat_kernel, plot_heatmap, plot_mass, plot_profile,
 )
 
@@ -390,7 +390,7 @@ def test_log_axis_labels_are_matplotlibs_own_in_unicode(limits):
 ])
 @pytest.mark.parametrize("lang", ["en", "zh-CN"])
 def test_every_label_of_the_heat_figures_is_inside_the_picture(settings, lang):
-    from diffusion import render_worker
+    from diffusion.serving import render_pool as render_worker
     from diffusion.ui.heat import STRINGS
 
     text = {k.removeprefix("heat.plot."): v for k, v in STRINGS[lang].items() if k.startswith("heat.plot.")}

@@ -12,9 +12,9 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from diffusion import noising
+from diffusion.lessons.noising import process as noising
 from diffusion.errors import InputError
-from diffusion.noising import (
+from diffusion.lessons.noising.process import (
     SCHEDULES,
     StepwiseChain,
     export_gif,
@@ -278,7 +278,7 @@ def test_to_display():
 def test_plots_build_figures_with_translated_text():
     from matplotlib.figure import Figure
 
-    from diffusion.noising_plots import NOISING_TEXT, plot_histogram, plot_schedules
+    from diffusion.lessons.noising.figures import NOISING_TEXT, plot_histogram, plot_schedules
 
     fig = plot_schedules("cosine", 200, 0, text={"xlabel_t": "时间步 t"})
     assert isinstance(fig, Figure) and len(fig.axes) == 4
@@ -299,7 +299,7 @@ def test_plots_build_figures_with_translated_text():
 
 
 def test_histogram_data_are_densities_of_the_pixels():
-    from diffusion.noising_plots import histogram_data
+    from diffusion.lessons.noising.figures import histogram_data
 
     rng = np.random.default_rng(0)
     x_t, x0 = rng.standard_normal((32, 32, 3)), np.clip(rng.standard_normal((32, 32, 3)), -1, 1)
@@ -327,7 +327,7 @@ def test_schedule_picture_for_a_slider_move_matches_a_full_redraw(t):
 
     from PIL import Image
 
-    from diffusion.noising_plots import plot_schedules, schedules_png
+    from diffusion.lessons.noising.figures import plot_schedules, schedules_png
 
     text = {"xlabel_t": "时间步 t"}
     schedules_png("cosine", 1000, 500, text)  # the figure is cached at another t first

@@ -9,8 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from diffusion import heat, noising_plots, render_worker
-from diffusion.render_worker import RenderPool
+from diffusion.lessons.heat import solver as heat
+from diffusion.lessons.noising import figures as noising_plots
+from diffusion.serving import render_pool as render_worker
+from diffusion.serving.render_pool import RenderPool
 
 PARAMS = heat.HeatParams(initial_condition="spike", diffusivity=0.1, length=100.0, n_points=200, t_end=10.0,
                          n_steps=500).validated()
@@ -45,7 +47,7 @@ def test_a_worker_stays_small():
     import subprocess
     import sys
 
-    code = ("import sys, diffusion.render_worker; "
+    code = ("import sys, diffusion.serving.render_pool; "
             "print(sorted(m for m in ('torch', 'diffusers', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,14 +10,15 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion import models, sampling
+from diffusion.models import registry as models
+from diffusion.lessons.sampling import sampler as sampling
 from diffusion.errors import InputError
-from diffusion.sampling import SampleRequest
+from diffusion.lessons.sampling.sampler import SampleRequest
 
 # diffusers' Euler and DPM-Solver schedulers pass a tensor to np.array(copy=False).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-SIZE = 28  # diffusion.data trains on native 28x28 digits, no padding
+SIZE = 28  # diffusion.datasets.digits trains on native 28x28 digits, no padding
 NULL = 10
 BETA_START, BETA_END, T = 1e-4, 0.02, 1000
 

@@ -10,10 +10,10 @@ import pytest
 from diffusers import DDPMScheduler
 
 import app
-from diffusion import models
+from diffusion.models import registry as models
 from diffusion.errors import InputError
-from diffusion.sampling import SampleRequest, Trajectory, sample
-from diffusion.sampling_plots import SAMPLING_TEXT, plot_std
+from diffusion.lessons.sampling.sampler import SampleRequest, Trajectory, sample
+from diffusion.lessons.sampling.figures import SAMPLING_TEXT, plot_std
 from diffusion.ui import sampling as tab
 from tests.unit.test_sampling import tiny_unet
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from diffusion import data, models
-from diffusion.sampling import SampleRequest, sample
+from diffusion.datasets import digits as data
+from diffusion.models import registry as models
+from diffusion.lessons.sampling.sampler import SampleRequest, sample
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 FOLDER = models.MODELS["mnist"].path

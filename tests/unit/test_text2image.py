@@ -17,8 +17,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from diffusion import models
-from diffusion import text2image as t2i
+from diffusion.models import registry as models
+from diffusion.lessons.text2image import pipeline as t2i
 from diffusion.errors import InputError
 
 WORDS = ["a", "red", "blue", "circle", "square", "on", "background", "white"]

@@ -12,9 +12,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusion import data, train
+from diffusion.datasets import digits as data
+from diffusion.train import loop as train
 from diffusion.errors import InputError
-from diffusion.noising import make_scheduler
+from diffusion.lessons.noising.process import make_scheduler
 
 TINY = ["--channels", "8,16", "--batch-size", "8", "--warmup", "0", "--threads", "2",
         "--sample-every", "0", "--log-every", "1", "--no-attention"]

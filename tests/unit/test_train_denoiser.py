@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusion import evaluate, train
-from diffusion.denoiser_net import NoiseLevels, build_denoiser_unet, sigma_to_model
-from diffusion.denoising import DiffusionDenoiser
+from diffusion.evaluate import mnist as evaluate
+from diffusion.train import loop as train
+from diffusion.models.denoiser_net import NoiseLevels, build_denoiser_unet, sigma_to_model
+from diffusion.lessons.denoising.denoiser import DiffusionDenoiser
 from diffusion.errors import InputError
-from diffusion.noising import make_scheduler
-from diffusion.train_denoiser import PatchSampler, denoiser_loss, load_grey_folder
+from diffusion.lessons.noising.process import make_scheduler
+from diffusion.train.denoiser import PatchSampler, denoiser_loss, load_grey_folder
 
 TINY = ["--channels", "8,16", "--patch", "32", "--batch-size", "2", "--val-images", "1", "--validate-every", "3",
         "--checkpoint-every", "2", "--log-every", "1", "--threads", "1"]
@@ -103,7 +104,7 @@ def test_evaluate_denoise_reports_every_method_on_each_set(tmp_path, capsys):
     _images(root / "Set12", n=2, size=(40, 32))
     torch.manual_seed(0)
     unet = build_denoiser_unet((8, 16), unshuffle=2)
-    from diffusion.train_denoiser import export_denoiser
+    from diffusion.train.denoiser import export_denoiser
 
     model = tmp_path / "model"
     (tmp_path / "info.json").write_text("{}")

@@ -3,10 +3,10 @@
 In one run, on the same pipeline, prompt, seed, scheduler and steps:
 
 * **bare**: the pipeline called as diffusers documents it, nothing else;
-* **lesson**: :func:`diffusion.text2image.generate` as the tab runs it, in a worker
+* **lesson**: :func:`diffusion.lessons.text2image.pipeline.generate` as the tab runs it, in a worker
   thread (:class:`~diffusion.ui.sampling.LiveRun`) with every step recorded, while the
   streaming side picks the newest step about four times a second and renders its latent
-  and, paced by :class:`~diffusion.text2image.PreviewPacer`, its VAE-decoded x̂₀, then
+  and, paced by :class:`~diffusion.lessons.text2image.pipeline.PreviewPacer`, its VAE-decoded x̂₀, then
   the final frame, exactly like the tab.
 
 Runs alternate (bare, lesson, bare, …) and the medians are compared; the target is a
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion import models
-from diffusion import text2image as t2i
+from diffusion.models import registry as models
+from diffusion.lessons.text2image import pipeline as t2i
 
 A100_SD15_SECONDS = 1.6  # published: SD 1.5, 512×512, 50 steps, fp16, SDPA, one A100
 
@@ -87,7 +87,7 @@ def sd15_seconds(steps: int = 50, repeat: int = 3) -> float:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from diffusion.train_text2image import build_tokenizer
+    from diffusion.train.text2image import build_tokenizer
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's config
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,

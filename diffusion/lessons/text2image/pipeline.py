@@ -13,7 +13,7 @@ A run is one pipeline call (Stable Diffusion, Rombach et al. 2022) in latent spa
     z_{t-1} = scheduler.step(ε̃, t, z_t)                      (DDIM, DDPM, Euler, DPM-Solver++, LCM)
     x = D_vae(z_0)
 
-The run is recorded the way lesson 3 records its sampler (:class:`~diffusion.sampling.StepInfo`
+The run is recorded the way lesson 3 records its sampler (:class:`~diffusion.lessons.sampling.sampler.StepInfo`
 per step: the latent z_t the network saw, the scheduler's predicted clean latent ẑ_0 and ε̃),
 by wrapping the scheduler's ``step``; ``callback_on_step_end`` reports each finished step and
 stops the run when asked (``pipe._interrupt``). Latents are recorded, not pictures: a frame is
@@ -46,7 +46,7 @@ from diffusers import (
 from PIL import Image
 
 from diffusion.errors import InputError, check_choice, check_range
-from diffusion.sampling import StepInfo
+from diffusion.lessons.sampling.sampler import StepInfo
 
 EMBEDDED = "embedded"
 SUGGESTED = ("stabilityai/sd-turbo", "stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -1,6 +1,6 @@
 """``python -m diffusion.evaluate text2image``: does lesson 5's model follow its prompts?
 
-Prompts are full captions of fresh random scenes (:mod:`diffusion.shapes`, a seed
+Prompts are full captions of fresh random scenes (:mod:`diffusion.datasets.shapes`, a seed
 the training never used), in two groups:
 
 * **seen combinations**: no held-out pairing (each pairing occurred in training,
@@ -8,7 +8,7 @@ the training never used), in two groups:
 * **held-out combinations**: every prompt contains a colour–shape or shape–position
   pairing that never occurred together in training.
 
-Each generated picture is read by :mod:`diffusion.shape_checker`, which shares no code
+Each generated picture is read by :mod:`diffusion.evaluate.shape_checker`, which shares no code
 or weights with the generator, and compared with the prompt word by word: colour,
 shape, size, position, background. The same checker reads the ground-truth
 renders of the same scenes first, so its own error rate is on the report too.
@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion import shape_checker, shapes
-from diffusion import text2image as t2i
-from diffusion.models import T2I_PATH
+from diffusion.evaluate import shape_checker
+from diffusion.datasets import shapes
+from diffusion.lessons.text2image import pipeline as t2i
+from diffusion.models.registry import T2I_PATH
 
 DEFAULTS = t2i.T2IRequest()
 

@@ -1,7 +1,7 @@
 """An independent reader of simple scenes: which colour, shape, size and place?
 
 It grades lesson 5's text-to-image model. On purpose it shares no code and no
-weights with the generator (:mod:`diffusion.shapes`): it knows only what the
+weights with the generator (:mod:`diffusion.datasets.shapes`): it knows only what the
 words mean. Colours are read from hue, saturation and value (HSV) with fixed
 ranges; the figure is the connected region that differs from the background,
 measured with scikit-image's ``regionprops``:

@@ -52,10 +52,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from diffusion import data
+from diffusion.datasets import digits as data
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device
 from diffusion.errors import InputError
-from diffusion.noising import make_scheduler
+from diffusion.lessons.noising.process import make_scheduler
 
 NULL_CLASS = data.NUM_CLASSES  # label index 10: "no class", the unconditional model
 NUM_CLASS_EMBEDS = data.NUM_CLASSES + 1
@@ -236,7 +236,7 @@ def sample_digits(unet: UNet2DModel, scheduler_config: Any, labels: Sequence[int
             both = unet(torch.cat([x, x]), t, class_labels=torch.cat([y, torch.full_like(y, NULL_CLASS)]))
             eps_cond, eps_uncond = both.sample.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        x = scheduler.step(eps, t, x, use_clipped_model_output=True).prev_sample  # see diffusion.sampling
+        x = scheduler.step(eps, t, x, use_clipped_model_output=True).prev_sample  # see diffusion.lessons.sampling.sampler
     return x.clamp(-1.0, 1.0).cpu()
 
 
@@ -615,10 +615,8 @@ SUBCOMMANDS = [_add_mnist]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m diffusion.train`` parser with one subparser per model."""
-    from diffusion import (  # each registers its subcommand and imports this module's helpers
-        train_denoiser,
-        train_text2image,
-    )
+    from diffusion.train import denoiser as train_denoiser  # each registers its subcommand and imports this module's helpers
+    from diffusion.train import text2image as train_text2image
 
     parser = argparse.ArgumentParser(prog="python -m diffusion.train", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)

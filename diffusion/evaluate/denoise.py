@@ -15,10 +15,10 @@ Subcommands:
     The tables: PSNR, SSIM and CPU seconds per method, set and σ.
 ``denoise-tune``
     Grid search of the classical methods' strengths on BSD400 training images
-    (the values in :mod:`diffusion.classical`).
+    (the values in :mod:`diffusion.lessons.denoising.classical`).
 ``denoise-color``
     Colour handling of the diffusion denoiser on colour photos: per RGB channel
-    versus the opponent colour space (see :mod:`diffusion.denoising`).
+    versus the opponent colour space (see :mod:`diffusion.lessons.denoising.denoiser`).
 
 Test sets are used for testing only; nothing here feeds back into training.
 """
@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion import classical, data
-from diffusion.denoising import (
+from diffusion.lessons.denoising import classical
+from diffusion.datasets import digits as data
+from diffusion.lessons.denoising.denoiser import (
     METHODS,
     DiffusionDenoiser,
     add_noise,
@@ -45,7 +46,7 @@ from diffusion.denoising import (
     to_uint8,
 )
 from diffusion.errors import InputError
-from diffusion.models import MODELS_DIR
+from diffusion.models.registry import MODELS_DIR
 
 DEFAULT_MODEL = MODELS_DIR / "photo-denoiser"
 DEFAULT_DATA = Path("data/denoise")

@@ -18,7 +18,7 @@ from matplotlib.ticker import NullLocator
 
 from diffusion.errors import check_range
 from diffusion.figures import merged_text, new_figure, unicode_log_labels
-from diffusion.heat import LIMITS, HeatResult, exact_solution, heat_kernel, total_mass
+from diffusion.lessons.heat.solver import LIMITS, HeatResult, exact_solution, heat_kernel, total_mass
 
 HEAT_TEXT: dict[str, str] = {
     "x_label": "position x (length units)",
@@ -117,7 +117,7 @@ def plot_heatmap(result: HeatResult, text: Mapping[str, str] | None = None) -> F
     """x-t heat map of the numerical solution; rows after a blow-up are greyed out.
 
     Args:
-        result: Output of :func:`diffusion.heat.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
         text: Translations for keys of ``HEAT_TEXT``.
 
     Returns:
@@ -181,7 +181,7 @@ def plot_profile(result: HeatResult, frame_index: int,
     """Numerical and exact u(x, t) at one stored frame, on axes fixed for the whole run.
 
     Args:
-        result: Output of :func:`diffusion.heat.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
         frame_index: Index into ``result.times``.
         text: Translations for keys of ``HEAT_TEXT``.
 
@@ -216,7 +216,7 @@ def plot_error(result: HeatResult, text: Mapping[str, str] | None = None) -> Fig
     """max_x |u - u_exact| against time on a log axis (round-off-sized values omitted).
 
     Args:
-        result: Output of :func:`diffusion.heat.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
         text: Translations for keys of ``HEAT_TEXT``.
 
     Returns:
@@ -250,7 +250,7 @@ def plot_mass(result: HeatResult, text: Mapping[str, str] | None = None) -> Figu
     """Total heat against time with the t = 0 value as a reference line.
 
     Args:
-        result: Output of :func:`diffusion.heat.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
         text: Translations for keys of ``HEAT_TEXT``.
 
     Returns:

@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion.data import IMAGE_SIZE, NUM_CLASSES
-from diffusion.denoising import DiffusionDenoiser
+from diffusion.datasets.digits import IMAGE_SIZE, NUM_CLASSES
+from diffusion.lessons.denoising.denoiser import DiffusionDenoiser
 from diffusion.errors import InputError
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ MODELS: dict[str, ModelSpec] = {
                        in_channels=1, num_class_embeds=NUM_CLASSES + 1),
 }
 DENOISER = "denoiser"
-DENOISER_PATH = MODELS_DIR / "photo-denoiser"  # lesson 4, see diffusion.denoising
+DENOISER_PATH = MODELS_DIR / "photo-denoiser"  # lesson 4, see diffusion.lessons.denoising.denoiser
 REQUIRED_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                   "scheduler/scheduler_config.json")
 
@@ -176,7 +176,7 @@ def denoiser_available(path: Path | None = None) -> bool:
 
 
 def load_denoiser(device: torch.device | str = "cpu", path: Path | None = None) -> DiffusionDenoiser:
-    """Lesson 4's :class:`~diffusion.denoising.DiffusionDenoiser`, loaded once per device and shared.
+    """Lesson 4's :class:`~diffusion.lessons.denoising.denoiser.DiffusionDenoiser`, loaded once per device and shared.
 
     Raises:
         ModelUnavailable: The folder is missing, incomplete or corrupt (remembered).
@@ -226,7 +226,7 @@ def load_text2image(ref: str | Path | None = None, device: torch.device | str = 
         ModelUnavailable: The embedded folder is missing or corrupt (remembered).
         InputError: ``model_load_failed`` for another model that cannot be loaded.
     """
-    from diffusion import text2image  # diffusers' pipeline classes load slowly: only when needed
+    from diffusion.lessons.text2image import pipeline as text2image  # diffusers' pipeline classes load slowly: only when needed
 
     device = torch.device(device)
     if ref is None or Path(ref) == T2I_PATH:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from matplotlib.figure import Figure
 
 from diffusion.figures import merged_text, new_figure
-from diffusion.sampling import Trajectory, std_curve
+from diffusion.lessons.sampling.sampler import Trajectory, std_curve
 
 SAMPLING_TEXT: dict[str, str] = {
     "std_title": "Pixel spread of x_t during sampling (same starting noise)",
@@ -30,7 +30,7 @@ SAMPLING_TEXT: dict[str, str] = {
 FONT_SIZE = 11
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
 # Pixel std of the MNIST training split on the [-1, 1] scale (0.617, measured with
-# diffusion.data); a good sampler's curve ends near it.
+# diffusion.datasets.digits); a good sampler's curve ends near it.
 DATA_STD = 0.62
 
 

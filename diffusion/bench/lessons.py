@@ -39,10 +39,10 @@ denoise
     ``python -m diffusion.evaluate denoise``.
 
 text2image
-    Lesson 5: see :mod:`diffusion.bench_text2image`.
+    Lesson 5: see :mod:`diffusion.bench.text2image`.
 
 load
-    A classroom of simulated students on one server: see :mod:`diffusion.bench_load`.
+    A classroom of simulated students on one server: see :mod:`diffusion.bench.load`.
 
 Each subcommand is a ``_add_<name>`` function that registers its parser and sets
 ``func``; further lessons add theirs to ``SUBCOMMANDS``.
@@ -58,7 +58,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from diffusion.heat import (
+from diffusion.lessons.heat.solver import (
     HeatParams, crank_nicolson, ftcs, ftcs_textbook, initial_condition, make_grid,
 )
 
@@ -123,7 +123,9 @@ def run_noising(args: argparse.Namespace) -> int:
     """Time what one move of the forward-noising slider costs."""
     import io
 
-    from diffusion import images, noising, noising_plots
+    from diffusion import images
+    from diffusion.lessons.noising import process as noising
+    from diffusion.lessons.noising import figures as noising_plots
     from diffusion.examples import list_examples
 
     path = next(p for p in list_examples() if p.stem == "astronaut")
@@ -178,7 +180,7 @@ def _bare_sampling_loop(unet, scheduler_config, request, device):
     """The plain diffusers loop (as in ``DDIMPipeline.__call__``) with the sampler's CFG batching."""
     import torch
 
-    from diffusion import sampling
+    from diffusion.lessons.sampling import sampler as sampling
 
     scheduler = sampling.SAMPLERS[request.sampler].from_config(scheduler_config)
     scheduler.set_timesteps(request.num_inference_steps, device=device)
@@ -209,7 +211,7 @@ def _sampling_model(args: argparse.Namespace, device):
     """``(unet, scheduler_config, description)`` for ``--model-dir``, ``--random-tiny`` or the shipped model."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from diffusion import models
+    from diffusion.models import registry as models
 
     if args.model_dir:
         unet, config = models.load_unet_folder(args.model_dir, device, name=args.model_dir)
@@ -232,7 +234,7 @@ def run_sampling(args: argparse.Namespace) -> int:
     """Time the recorded sampler loop against a bare diffusers loop, and DDIM against DDPM."""
     import torch
 
-    from diffusion import sampling
+    from diffusion.lessons.sampling import sampler as sampling
     from diffusion.devices import describe_device, resolve_device
     from diffusion.errors import InputError
 
@@ -331,8 +333,10 @@ def run_denoise(args: argparse.Namespace) -> int:
     """Time each method of lesson 4 on one photo, side by side, in one run."""
     import torch
 
-    from diffusion import classical, images, models
-    from diffusion.denoising import METHODS, add_noise, run_method
+    from diffusion import images
+    from diffusion.lessons.denoising import classical
+    from diffusion.models import registry as models
+    from diffusion.lessons.denoising.denoiser import METHODS, add_noise, run_method
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -385,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffusion.bench",
                                      description="Diffusion Lab benchmarks.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from diffusion import bench_load, bench_text2image  # lesson 5 and the classroom load test
+    from diffusion.bench import load as bench_load  # lesson 5 and the classroom load test
+    from diffusion.bench import text2image as bench_text2image
 
     for add in (*SUBCOMMANDS, bench_text2image.add_subcommand, bench_load.add_subcommand):
         add(subparsers)

@@ -49,7 +49,7 @@ from the seed. The same request therefore gives the same pixels on every run,
 and the CPU and a GPU start from the same x_T.
 
 Images are ``(B, 1, 28, 28)`` tensors on the ``[-1, 1]`` scale (no padding, see
-:mod:`diffusion.data`).
+:mod:`diffusion.datasets.digits`).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ from diffusers import (
     DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
 )
 
-from diffusion.data import IMAGE_SIZE, NUM_CLASSES
+from diffusion.datasets.digits import IMAGE_SIZE, NUM_CLASSES
 from diffusion.errors import InputError, check_choice, check_range
 
 SAMPLERS: dict[str, type] = {

@@ -28,7 +28,7 @@ at half resolution: the ``1×H×W`` image is folded into ``r²`` channels of
 ``H/r × W/r`` (pixel unshuffle, as in FFDNet, Zhang et al. 2018) and the
 predicted noise unfolded back. ``r`` is read from the saved model:
 ``in_channels = r²``. One channel at a time: colour images go through the
-network channel by channel (see :mod:`diffusion.denoising`).
+network channel by channel (see :mod:`diffusion.lessons.denoising.denoiser`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from PIL import Image
 from diffusion.errors import check_range
 from diffusion.figures import merged_text, new_figure
 
-# The schedule figure needs diffusion.noising (and with it torch and diffusers); the
+# The schedule figure needs diffusion.lessons.noising.process (and with it torch and diffusers); the
 # histogram does not, so the drawing processes that only draw histograms stay small.
 
 NOISING_TEXT: dict[str, str] = {
@@ -90,7 +90,7 @@ def schedules_png(current: str, num_train_timesteps: int, t: int, text: Mapping[
     picture and draws the marker line, the dots and the title on top
     (matplotlib's blitting). That is about ten times cheaper than a full redraw.
     """
-    from diffusion.noising import get_schedule
+    from diffusion.lessons.noising.process import get_schedule
 
     big_t = get_schedule(current, num_train_timesteps).num_train_timesteps  # checks the name and T first
     figure = _cached_schedule_figure(current, big_t, tuple(sorted((text or {}).items())))
@@ -114,7 +114,7 @@ class _ScheduleFigure:
     )
 
     def __init__(self, current: str, num_train_timesteps: int, text: Mapping[str, str] | None) -> None:
-        from diffusion.noising import SCHEDULES, get_schedule
+        from diffusion.lessons.noising.process import SCHEDULES, get_schedule
 
         self.labels = _labels(text)
         self.current = current

@@ -34,7 +34,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from diffusion import heat, heat_plots, noising_plots
+from diffusion.lessons.heat import solver as heat
+from diffusion.lessons.heat import figures as heat_plots
+from diffusion.lessons.noising import figures as noising_plots
 
 log = logging.getLogger(__name__)
 MAX_REPLY_BYTES = 32 * 2**20  # four plot pictures are a few hundred kB
@@ -122,9 +124,9 @@ def serve(lines: Any = None, out: Any = None) -> None:
 
 class _Worker:
     def __init__(self) -> None:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "diffusion.render_worker"], cwd=root, stdin=subprocess.PIPE,
+            [sys.executable, "-m", "diffusion.serving.render_pool"], cwd=root, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1)
 
     def ask(self, request: dict[str, Any], timeout: float) -> list[str] | None:

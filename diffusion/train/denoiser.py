@@ -10,7 +10,7 @@ Training the diffusion way (Ho et al. 2020, Algorithm 1, with σ drawn instead o
 1. crop a ``--patch`` square from a training image (random scale, flip, rotation);
    pixels scaled to ``[-1, 1]``
 2. σ ~ Uniform(0, σ_max) on the 0–255 scale, σ_model = 2σ/255, τ = τ*(σ)
-   (:class:`diffusion.denoiser_net.NoiseLevels`)
+   (:class:`diffusion.models.denoiser_net.NoiseLevels`)
 3. ε ~ N(0, I);  x_τ = √ᾱ (x_0 + σ_model ε) = √ᾱ x_0 + √(1-ᾱ) ε   (DDPM eq. 4)
 4. L = σ_model ‖ε - ε_θ(x_τ, τ)‖² / σ_ref
 
@@ -39,8 +39,9 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from PIL import Image
 
-from diffusion import data, train
-from diffusion.denoiser_net import (
+from diffusion.datasets import digits as data
+from diffusion.train import loop as train
+from diffusion.models.denoiser_net import (
     SIGMA_MAX_255,
     NoiseLevels,
     build_denoiser_unet,
@@ -49,7 +50,7 @@ from diffusion.denoiser_net import (
     tweedie,
 )
 from diffusion.errors import InputError
-from diffusion.noising import make_scheduler
+from diffusion.lessons.noising.process import make_scheduler
 
 TEST_SET_NAMES = ("bsd68", "cbsd68", "set12", "set14", "kodak24", "mcmaster", "urban100", "mcmaster18")
 SCALES = (1.0, 0.9, 0.8, 0.7)  # DnCNN's training scales (Zhang et al. 2017)
@@ -60,7 +61,7 @@ RUN_KEYS = ("channels", "layers_per_block", "unshuffle", "batch_size", "patch", 
 
 
 def load_grey_folder(folder: str | Path, max_images: int = 5000) -> tuple[list[np.ndarray], list[str]]:
-    """Every image of ``folder`` (sorted by name) as a grey uint8 array (see :func:`diffusion.data.photo_folder`).
+    """Every image of ``folder`` (sorted by name) as a grey uint8 array (see :func:`diffusion.datasets.digits.photo_folder`).
 
     Raises:
         InputError: The folder is missing, empty, too big, or named like a test set.

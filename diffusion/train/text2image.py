@@ -6,7 +6,7 @@ Usage::
         [--export assets/models/tiny-shapes-sd]
 
 Every part of a latent diffusion model (Rombach et al. 2022) is built here and
-trained from scratch on :mod:`diffusion.shapes` scenes, all regenerated from ``--seed``:
+trained from scratch on :mod:`diffusion.datasets.shapes` scenes, all regenerated from ``--seed``:
 
 0. **Tokenizer.** A byte-pair encoding learned (with the ``tokenizers`` library) on
    the scene vocabulary, saved as a CLIP tokenizer: every known word is one token,
@@ -37,7 +37,7 @@ trained from scratch on :mod:`diffusion.shapes` scenes, all regenerated from ``-
 The export is a standard ``StableDiffusionPipeline`` folder (model_index.json,
 vae/, text_encoder/, tokenizer/, unet/, scheduler/; safetensors), loadable with
 ``StableDiffusionPipeline.from_pretrained(folder)``. Scenes with the held-out
-pairings of :mod:`diffusion.shapes` are never drawn, in either stage.
+pairings of :mod:`diffusion.datasets.shapes` are never drawn, in either stage.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from diffusion import shapes, train
+from diffusion.datasets import shapes
+from diffusion.train import loop as train
 from diffusion.errors import InputError
 
 MAX_TOKENS = 24  # longest caption is 14 tokens with its start and end marks
@@ -329,7 +330,7 @@ def run_text2image(args: argparse.Namespace) -> int:
     tokenizer = build_tokenizer(run_dir / "tokenizer-files")
     base_info = {"task": "text2image", "seed": args.seed, "settings": settings,
                  "hardware": train.hardware_info(device),
-                 "data": {"kind": "procedural scenes (diffusion.shapes)", "image_size": shapes.IMAGE_SIZE,
+                 "data": {"kind": "procedural scenes (diffusion.datasets.shapes)", "image_size": shapes.IMAGE_SIZE,
                           "heldout_colour_shape": sorted(map(list, shapes.HELDOUT_COLOUR_SHAPE)),
                           "heldout_shape_position": sorted(map(list, shapes.HELDOUT_SHAPE_POSITION))}}
     status, vae = train_vae(args, run_dir, device, settings, base_info)

@@ -19,7 +19,7 @@ import scipy.fft
 from scipy.linalg import lapack
 
 from diffusion.errors import InputError, check_choice, check_range
-from diffusion.expression import MAX_EXPRESSION_CHARS, parse_expression, too_long
+from diffusion.lessons.heat.expression import MAX_EXPRESSION_CHARS, parse_expression, too_long
 
 INITIAL_CONDITIONS = ("spike", "gaussian", "step", "sine", "random", "custom")
 SCHEMES = ("ftcs", "crank_nicolson", "exact")

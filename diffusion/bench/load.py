@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LIGHT = ("heat_simulate", "forward_noise")
 # "Thirty students at the same minute": they open the page over 20 seconds, not in one instant.
 ARRIVE_WITHIN_S = 20.0
@@ -107,7 +107,7 @@ def actions(example: str) -> dict[str, tuple[float, dict[str, Any]]]:
     """
     from gradio_client import handle_file
 
-    from diffusion import models
+    from diffusion.models import registry as models
 
     mix = {
         "heat_simulate": (0.40, dict(initial_condition="spike", custom_expression="exp(-(x-50)**2/20)",

@@ -2,7 +2,7 @@
 
 A diffusion model is a denoiser trained at every noise level. Given a noisy
 photo ``y = x_0 + σ ε`` with known σ it can be used in two ways
-(:mod:`diffusion.denoiser_net` has the σ ↔ timestep map):
+(:mod:`diffusion.models.denoiser_net` has the σ ↔ timestep map):
 
 **One step (Tweedie).** ``x̂_0 = y - σ ε_θ(√ᾱ y, τ*)``: the posterior mean
 E[x_0 | y], the estimate with the least mean squared error, hence the best PSNR.
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from diffusion.denoiser_net import (
+from diffusion.models.denoiser_net import (
     SIGMA_MAX_255,
     NoiseLevels,
     predict_noise,
@@ -128,7 +128,7 @@ class DiffusionDenoiser:
     """A trained noise-conditional ε-network with its schedule, used as a denoiser.
 
     Args:
-        unet: The network (see :func:`diffusion.denoiser_net.build_denoiser_unet`).
+        unet: The network (see :func:`diffusion.models.denoiser_net.build_denoiser_unet`).
         scheduler_config: Its DDPM scheduler's config (β schedule and T).
         sigma_max_255: The highest noise level it was trained on.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the network's
@@ -176,7 +176,7 @@ class DiffusionDenoiser:
 
     @torch.inference_mode()
     def one_step(self, noisy: np.ndarray, sigma_255: float, color: str = DEFAULT_COLOR) -> np.ndarray:
-        """Tweedie's one-step estimate E[x_0 | y] (see :func:`diffusion.denoiser_net.tweedie`).
+        """Tweedie's one-step estimate E[x_0 | y] (see :func:`diffusion.models.denoiser_net.tweedie`).
 
         Args:
             noisy: ``(H, W, C)`` on the ``[0, 1]`` scale.
@@ -279,7 +279,7 @@ def add_noise(clean: np.ndarray, sigma_255: float, seed: int, quantise: bool = T
         sigma_255: Noise standard deviation on the 0–255 scale.
         seed: Seed of ``numpy.random.default_rng``: the same seed gives the same noise.
         quantise: Clip and round to 8 bits, as a saved noisy photo would be. The
-            benchmark protocol (:mod:`diffusion.evaluate`) keeps the raw floats.
+            benchmark protocol (:mod:`diffusion.evaluate.mnist`) keeps the raw floats.
     """
     rng = np.random.default_rng(int(seed))
     noisy = clean.astype(np.float64) + sigma_255 * rng.standard_normal(clean.shape)
@@ -315,7 +315,7 @@ def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndar
         color: Colour handling of the diffusion methods.
         on_step: Progress callback of the multi-step method (see :meth:`DiffusionDenoiser.multi_step`).
     """
-    from diffusion import classical  # scikit-image is slow to import
+    from diffusion.lessons.denoising import classical  # scikit-image is slow to import
 
     if name in DIFFUSION_METHODS and denoiser is None:
         raise ValueError(f"{name} needs a trained denoiser")

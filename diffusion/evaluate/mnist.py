@@ -1,6 +1,6 @@
 """Evaluation CLI: how good are the shipped models? ``python -m diffusion.evaluate mnist|denoise``.
 
-Lesson 4's photo denoiser is measured by :mod:`diffusion.evaluate_denoise`
+Lesson 4's photo denoiser is measured by :mod:`diffusion.evaluate.denoise`
 (``denoise``, ``denoise-tune``, ``denoise-color``).
 
 For the digit DDPM (lesson 3) it measures, in one run:
@@ -44,9 +44,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffusion import data, models
+from diffusion.datasets import digits as data
+from diffusion.models import registry as models
 from diffusion.devices import DEVICE_CHOICES, resolve_device
-from diffusion.sampling import SampleRequest, sample
+from diffusion.lessons.sampling.sampler import SampleRequest, sample
 
 FEATURES = 128
 
@@ -347,10 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(run=run_mnist)
-    from diffusion import evaluate_denoise  # lesson 4
+    from diffusion.evaluate import denoise as evaluate_denoise  # lesson 4
 
     evaluate_denoise.add_subcommands(sub)
-    from diffusion import evaluate_text2image  # lesson 5
+    from diffusion.evaluate import text2image as evaluate_text2image  # lesson 5
 
     evaluate_text2image.add_subcommand(sub)
     return parser

@@ -1,0 +1,1 @@
+"""Data sets: digits, photo folders, procedural shapes and their captions."""

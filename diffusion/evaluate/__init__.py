@@ -1,0 +1,1 @@
+"""Evaluation CLIs: ``python -m diffusion.evaluate mnist|denoise|text2image ...``."""

@@ -1,0 +1,1 @@
+"""Training CLIs: ``python -m diffusion.train mnist|denoiser|text2image ...``."""
