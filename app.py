@@ -25,8 +25,10 @@ import torch
 import diffusion
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
 from diffusion.serving.render_pool import RenderPool, default_render_workers
-from diffusion.ui import common, denoising, heat, noising, sampling, text2image
-from diffusion.ui.common import AppSettings, Translator
+from diffusion.ui import denoising, heat, noising, sampling, text2image
+from diffusion.ui.i18n import FORCE_LANG_JS, SWITCH_LANG_JS, Translator
+from diffusion.ui.patches import publish_cached_images_atomically
+from diffusion.ui.settings import AppSettings
 
 TABS = (heat, noising, sampling, denoising, text2image)  # the lesson order
 ROOT = Path(__file__).resolve().parent
@@ -109,7 +111,10 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
 
 def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
     """Compose the Blocks from the tab modules, with the queue configured."""
-    tr = Translator(*(tab.STRINGS for tab in TABS))
+    # A class asks for the same pictures at once: gradio must not rewrite a cached picture
+    # while another student downloads it (see the function's docstring).
+    publish_cached_images_atomically()
+    tr = Translator()
     tr.fill("app.footer", device=settings.device_label, torch=torch.__version__.split("+")[0],
             version=diffusion.__version__)
     # Streamed frames and exports land in gradio's cache: drop files older than an hour.
@@ -121,9 +126,9 @@ def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
                 gr.Markdown(tr("app.tagline"))
             with gr.Column(scale=1, min_width=120):
                 switch = gr.Button(tr("app.switch_lang"), size="sm", elem_id="dl-lang-btn")
-        switch.click(None, js=common.SWITCH_LANG_JS)
+        switch.click(None, js=SWITCH_LANG_JS)
         if settings.lang != "auto":  # registered first, so it runs before the tabs' load events
-            demo.load(None, js=common.FORCE_LANG_JS % settings.lang)
+            demo.load(None, js=FORCE_LANG_JS % settings.lang)
         with gr.Tabs():
             for tab in TABS:
                 name = tab.__name__.rsplit(".", 1)[-1]

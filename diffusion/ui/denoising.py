@@ -22,8 +22,11 @@ from diffusion.lessons.denoising.denoiser import (COLOR_MODES, DEFAULT_COLOR, DI
                                  run_method, score, summary, to_uint8)
 from diffusion.errors import InputError, check_choice, check_range
 from diffusion.examples import list_examples
-from diffusion.ui.common import (LANG_JS, LATEX, AppSettings, ImageInput, Translator, guarded, lang_input,
-                                 model_device, progress_html)
+from diffusion.serving.gpu import model_device
+from diffusion.ui.handlers import guarded
+from diffusion.ui.i18n import LANG_JS, Translator, lang_input
+from diffusion.ui.settings import AppSettings
+from diffusion.ui.widgets import ImageInput, LATEX, progress_html
 
 log = logging.getLogger("diffusion.ui")
 
@@ -36,186 +39,6 @@ CLEAN_LOOKING_SIGMA = 3.0  # estimates below this come from texture and compress
 MAX_DECODE_SIDE = 2048  # an already-noisy upload is decoded up to this size, then cropped
 PATH_FRAMES = 5  # multi-step frames shown
 RESULTS_BYTES = 400 * 1024 * 1024  # finished comparisons kept for the zoom view
-
-STRINGS = {
-    "en": {
-        "denoising.tab": "4 · Denoising",
-        "denoising.intro": (
-            "## Denoising: a diffusion model is a denoiser\n"
-            "A diffusion model was trained to remove noise at every level. Given a photo "
-            "$y = x_0 + \\sigma\\varepsilon$ we find the timestep $t^*$ whose noise matches, "
-            "$\\sqrt{(1-\\bar\\alpha_{t^*})/\\bar\\alpha_{t^*}} = \\sigma$ (pixels scaled to $[-1, 1]$), "
-            "and feed the network $x_{t^*} = \\sqrt{\\bar\\alpha_{t^*}}\\,y$.\n\n"
-            "**One step** (Tweedie's formula) gives the average of all clean images that could explain the noise:\n\n"
-            "$$\\hat x_0 = \\frac{x_{t^*} - \\sqrt{1-\\bar\\alpha_{t^*}}\\,\\epsilon_\\theta(x_{t^*}, t^*)}"
-            "{\\sqrt{\\bar\\alpha_{t^*}}} = y - \\sigma\\,\\epsilon_\\theta(x_{t^*}, t^*)$$\n\n"
-            "**Multi-step** runs DDIM from $t^*$ back to $t = 0$. The classics: **Gaussian blur**, which is the "
-            "heat equation of lesson 1 run for a diffusion time $Dt = s^2/2$ (blur $s$ pixels); **total "
-            "variation**; **non-local means**; and **BM3D**, the strongest classic and the slowest."
-        ),
-        "denoising.image": "Your photo (clean, or already noisy)",
-        "denoising.examples": "Examples",
-        "param.sigma": "Noise to add, σ (0–255 scale); 0 = my photo is already noisy",
-        "denoising.seed": "Seed for the noise",
-        "param.sigma_override": "Already noisy: σ to assume (0 = use the estimate)",
-        "param.methods": "Methods",
-        "param.steps": "Multi-step: DDIM steps",
-        "denoising.eta": "Multi-step: η (0 = DDIM, 1 = DDPM-like)",
-        "param.color": "Colour: how the one-channel network sees colour",
-        "denoising.max_side": "Working size: longest side in pixels",
-        "param.zoom_x": "Zoom centre, x (%)",
-        "param.zoom_y": "Zoom centre, y (%)",
-        "param.zoom_size": "Zoom size (pixels)",
-        "denoising.color.opponent": "Brightness + two colour differences (opponent)",
-        "denoising.color.rgb": "R, G and B separately",
-        "denoising.options": "More options",
-        "denoising.run": "Add noise and denoise",
-        "denoising.stop": "Stop",
-        "denoising.gallery": "Results (click to enlarge)",
-        "denoising.table": "Scores",
-        "denoising.zoom": "Zoom",
-        "denoising.path": "Multi-step: the image at each DDIM step",
-        "denoising.summary": "Summary (JSON)",
-        "denoising.no_model": ("**The diffusion denoiser is not available** (its model folder is missing or "
-                               "damaged). The classical methods still work."),
-        "denoising.no_bm3d": "BM3D is not installed on this server (`pip install bm3d`), so it was skipped.",
-        "denoising.no_methods": "Choose at least one method.",
-        "denoising.method.diffusion_one_step": "Diffusion, one step (Tweedie)",
-        "denoising.method.diffusion_multi_step": "Diffusion, multi-step (DDIM)",
-        "denoising.method.gaussian_heat": "Gaussian blur = heat equation",
-        "denoising.method.total_variation": "Total variation",
-        "denoising.method.nl_means": "Non-local means",
-        "denoising.method.bm3d": "BM3D (slow)",
-        "denoising.clean": "Clean original",
-        "denoising.noisy": "Noisy input",
-        "denoising.col.method": "Method",
-        "denoising.col.psnr": "PSNR (dB)",
-        "denoising.col.ssim": "SSIM",
-        "denoising.col.seconds": "Time (s)",
-        "denoising.col.notes": "Notes",
-        "denoising.note.heat": "blur s = {std:.2f} px, diffusion time Dt = {time:.2f} px²",
-        "denoising.note.multi": "{steps} steps from t* = {tau:.1f}, η = {eta:g}",
-        "denoising.note.one": "t* = {tau:.1f}",
-        "denoising.caption_scored": "{name} · {psnr:.2f} dB · SSIM {ssim:.3f} · {seconds:.2f} s",
-        "denoising.caption_time": "{name} · {seconds:.2f} s",
-        "denoising.path_caption": "t = {tau:.1f} · noise left σ = {sigma:.1f}",
-        "denoising.path_caption_end": "t = 0 · result",
-        "denoising.adding": "Preparing the noisy image…",
-        "denoising.running": "Running {method} ({i} of {n})…",
-        "denoising.step": "Step {i} / {n}.",
-        "denoising.done": "Done: {n} methods in {seconds:.1f} s.",
-        "denoising.stopped": "Stopped.",
-        "denoising.levels": ("σ = {sigma:.1f} → in model units σ = 2·{sigma:.1f}/255 = {sigma_model:.4f} → "
-                             "ᾱ = 1/(1+σ²) = {alpha_bar:.4f} → t* = {tau:.1f} (of 1000 steps)."),
-        "denoising.synthetic": "Added Gaussian noise σ = {sigma:g} with seed {seed}; the estimator would have guessed σ ≈ {estimate:.1f}.",
-        "denoising.estimated": "Your photo is treated as already noisy: estimated σ ≈ {estimate:.1f} (wavelet MAD rule).",
-        "denoising.override": "Your photo is treated as already noisy: estimated σ ≈ {estimate:.1f}; you chose σ = {sigma:.1f}.",
-        "denoising.clean_looking": ("The estimated noise is small (σ ≈ {estimate:.1f}): the photo looks clean. "
-                                    "Choose a σ above 0 to add noise."),
-        "denoising.clamped": "σ was lowered to {sigma:g}, the highest level the denoiser was trained for.",
-        "denoising.resized": "Your {w0}×{h0} image was shrunk to {w}×{h} (working size {max_side}).",
-        "denoising.cropped": ("Your {w0}×{h0} image was cropped to its centre, {w}×{h}: shrinking would also "
-                              "shrink the noise you want to remove."),
-        "denoising.no_truth": "PSNR and SSIM need the clean original, so they are shown only when the noise was added here.",
-        "denoising.why": (
-            "**Why can multi-step look sharper yet score a lower PSNR?** PSNR measures the mean squared error. "
-            "The one-step estimate is the *average* of every clean image that fits the noisy one: the best possible "
-            "squared error, but soft where the noise hid the detail. Multi-step DDIM *commits* to one clean image "
-            "with crisp texture; where the invented detail differs from the truth, the squared error grows. This is "
-            "the perception–distortion trade-off (Blau & Michaeli 2018). Use the zoom to see it."
-        ),
-        "error.image_missing_denoise": "Please upload a photo or pick an example.",
-        "error.no_methods": "Choose at least one method.",
-        "error.result_expired": "That result is no longer on the server. Please run the comparison again.",
-        **{f"denoising.plot.{k}": v for k, v in denoise_plots.DENOISE_TEXT.items()},
-    },
-    "zh-CN": {
-        "denoising.tab": "4 · 去噪",
-        "denoising.intro": (
-            "## 去噪：扩散模型就是一个去噪器\n"
-            "扩散模型在每个噪声水平上都学过去噪。对一张照片 $y = x_0 + \\sigma\\varepsilon$，先找到噪声相同的时间步 $t^*$，"
-            "使 $\\sqrt{(1-\\bar\\alpha_{t^*})/\\bar\\alpha_{t^*}} = \\sigma$（像素缩放到 $[-1, 1]$），"
-            "再把 $x_{t^*} = \\sqrt{\\bar\\alpha_{t^*}}\\,y$ 输入网络。\n\n"
-            "**一步法**（Tweedie 公式）给出所有可能解释这张噪声图的干净图像的平均：\n\n"
-            "$$\\hat x_0 = \\frac{x_{t^*} - \\sqrt{1-\\bar\\alpha_{t^*}}\\,\\epsilon_\\theta(x_{t^*}, t^*)}"
-            "{\\sqrt{\\bar\\alpha_{t^*}}} = y - \\sigma\\,\\epsilon_\\theta(x_{t^*}, t^*)$$\n\n"
-            "**多步法**用 DDIM 从 $t^*$ 一路回到 $t = 0$。经典方法：**高斯模糊**——也就是第 1 课的热方程，扩散时间 "
-            "$Dt = s^2/2$（模糊 $s$ 个像素）；**全变分**；**非局部均值**；以及 **BM3D**，最强也最慢的经典方法。"
-        ),
-        "denoising.image": "你的照片（干净的，或本身带噪声的）",
-        "denoising.examples": "示例",
-        "param.sigma": "要添加的噪声 σ（0–255 标度）；0 = 照片本身已有噪声",
-        "denoising.seed": "噪声的随机种子",
-        "param.sigma_override": "已有噪声时假定的 σ（0 = 使用估计值）",
-        "param.methods": "方法",
-        "param.steps": "多步法：DDIM 步数",
-        "denoising.eta": "多步法：η（0 = DDIM，1 ≈ DDPM）",
-        "param.color": "颜色：单通道网络如何处理彩色",
-        "denoising.max_side": "处理尺寸：最长边像素数",
-        "param.zoom_x": "放大中心 x（%）",
-        "param.zoom_y": "放大中心 y（%）",
-        "param.zoom_size": "放大区域大小（像素）",
-        "denoising.color.opponent": "亮度 + 两个色差（对立色空间）",
-        "denoising.color.rgb": "R、G、B 分别处理",
-        "denoising.options": "更多选项",
-        "denoising.run": "加噪并去噪",
-        "denoising.stop": "停止",
-        "denoising.gallery": "结果（点击放大）",
-        "denoising.table": "得分",
-        "denoising.zoom": "局部放大",
-        "denoising.path": "多步法：每个 DDIM 步的图像",
-        "denoising.summary": "摘要（JSON）",
-        "denoising.no_model": "**扩散去噪模型不可用**（模型文件夹缺失或已损坏）。经典方法仍可使用。",
-        "denoising.no_bm3d": "服务器未安装 BM3D（`pip install bm3d`），已跳过。",
-        "denoising.no_methods": "请至少选择一种方法。",
-        "denoising.method.diffusion_one_step": "扩散模型，一步（Tweedie）",
-        "denoising.method.diffusion_multi_step": "扩散模型，多步（DDIM）",
-        "denoising.method.gaussian_heat": "高斯模糊 = 热方程",
-        "denoising.method.total_variation": "全变分",
-        "denoising.method.nl_means": "非局部均值",
-        "denoising.method.bm3d": "BM3D（较慢）",
-        "denoising.clean": "干净原图",
-        "denoising.noisy": "带噪输入",
-        "denoising.col.method": "方法",
-        "denoising.col.psnr": "PSNR（dB）",
-        "denoising.col.ssim": "SSIM",
-        "denoising.col.seconds": "用时（秒）",
-        "denoising.col.notes": "说明",
-        "denoising.note.heat": "模糊 s = {std:.2f} 像素，扩散时间 Dt = {time:.2f} 像素²",
-        "denoising.note.multi": "从 t* = {tau:.1f} 出发共 {steps} 步，η = {eta:g}",
-        "denoising.note.one": "t* = {tau:.1f}",
-        "denoising.caption_scored": "{name} · {psnr:.2f} dB · SSIM {ssim:.3f} · {seconds:.2f} 秒",
-        "denoising.caption_time": "{name} · {seconds:.2f} 秒",
-        "denoising.path_caption": "t = {tau:.1f} · 剩余噪声 σ = {sigma:.1f}",
-        "denoising.path_caption_end": "t = 0 · 结果",
-        "denoising.adding": "正在准备带噪图像……",
-        "denoising.running": "正在运行{method}（第 {i} 个，共 {n} 个）……",
-        "denoising.step": "第 {i} / {n} 步。",
-        "denoising.done": "完成：{n} 种方法，用时 {seconds:.1f} 秒。",
-        "denoising.stopped": "已停止。",
-        "denoising.levels": ("σ = {sigma:.1f} → 模型单位 σ = 2·{sigma:.1f}/255 = {sigma_model:.4f} → "
-                             "ᾱ = 1/(1+σ²) = {alpha_bar:.4f} → t* = {tau:.1f}（共 1000 步）。"),
-        "denoising.synthetic": "已添加 σ = {sigma:g} 的高斯噪声（种子 {seed}）；噪声估计器的估计值为 σ ≈ {estimate:.1f}。",
-        "denoising.estimated": "照片被视为本身带噪：估计 σ ≈ {estimate:.1f}（小波中位数绝对偏差法）。",
-        "denoising.override": "照片被视为本身带噪：估计 σ ≈ {estimate:.1f}；你选择了 σ = {sigma:.1f}。",
-        "denoising.clean_looking": "估计的噪声很小（σ ≈ {estimate:.1f}），照片看起来是干净的。请选择大于 0 的 σ 来添加噪声。",
-        "denoising.clamped": "σ 已降到 {sigma:g}，这是去噪模型训练过的最高噪声水平。",
-        "denoising.resized": "你的 {w0}×{h0} 图像已缩小到 {w}×{h}（处理尺寸 {max_side}）。",
-        "denoising.cropped": "你的 {w0}×{h0} 图像已裁剪为中间的 {w}×{h}：缩小图像也会缩小你想去除的噪声。",
-        "denoising.no_truth": "PSNR 和 SSIM 需要干净原图，因此只有在这里添加噪声时才会显示。",
-        "denoising.why": (
-            "**为什么多步法看起来更清晰，PSNR 却可能更低？** PSNR 衡量的是均方误差。一步法给出的是所有与噪声图相符的"
-            "干净图像的*平均*：均方误差最小，但在噪声掩盖细节的地方会发软。多步 DDIM 则*选定*一张纹理清晰的干净图像；"
-            "凡是编造的细节与真实不同的地方，均方误差就会变大。这就是感知–失真权衡（Blau 与 Michaeli，2018）。"
-            "用局部放大看看。"
-        ),
-        "error.image_missing_denoise": "请上传一张照片或选择一个示例。",
-        "error.no_methods": "请至少选择一种方法。",
-        "error.result_expired": "该结果已不在服务器上，请重新运行比较。",
-        "denoising.plot.zoom_title": "局部放大：每张图的同一 {size}×{size} 像素区域（不做平滑）",
-        "denoising.plot.where": "放大区域的位置",
-    },
-}
 
 
 @dataclass
@@ -455,7 +278,7 @@ def in_worker(work: Callable[[Callable[[int, int], None]], Any], interval: float
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Build the denoising tab and wire its events."""
     examples = [str(p) for p in list_examples(noisy=True) if p.name != "digit.png"]
-    device = model_device(settings)
+    device = model_device(settings.device)
     heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
     gr.Markdown(tr("denoising.intro"), latex_delimiters=LATEX)
     if not models.denoiser_available():

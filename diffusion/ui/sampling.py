@@ -38,8 +38,11 @@ from diffusion.lessons.sampling.sampler import (
     DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
 )
 from diffusion.lessons.sampling.figures import SAMPLING_TEXT, plot_std
-from diffusion.ui.common import (LANG_JS, LATEX, AppSettings, Translator, guarded, lang_input, model_device,
-                                 progress_html)
+from diffusion.serving.gpu import model_device
+from diffusion.ui.handlers import guarded
+from diffusion.ui.i18n import LANG_JS, Translator, lang_input
+from diffusion.ui.settings import AppSettings
+from diffusion.ui.widgets import LATEX, progress_html
 
 MODEL = "mnist"
 DEFAULTS = SampleRequest()
@@ -52,158 +55,6 @@ RUN_STORE_BYTES = 600 * 2**20  # finished runs kept for scrubbing: DDPM-1000 × 
 GIF_MAX_FRAMES = 60
 log = logging.getLogger("diffusion.ui.sampling")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-PLOT_ZH = {
-    "std_title": "采样过程中 xₜ 像素的离散程度（相同的初始噪声）",
-    "std_xlabel": "时间步 t（采样从 t = T − 1 走到 0）",
-    "std_ylabel": "xₜ 像素的标准差（[-1, 1] 刻度）",
-    "std_run": "{sampler}，{steps} 步（{seconds:.1f} 秒）",
-    "std_run_stopped": "{sampler}，{steps} 步后停止",
-    "std_data": "真实数字（标准差 {value:.2f}）",
-    "sampler_ddpm": "DDPM",
-    "sampler_ddim": "DDIM",
-    "sampler_euler_ancestral": "Euler 祖先采样",
-    "sampler_dpm_solver": "DPM-Solver++",
-}
-
-STRINGS = {
-    "en": {
-        **{f"sampling.plot.{k}": v for k, v in SAMPLING_TEXT.items()},
-        "sampling.tab": "3 · Sampling",
-        "param.sampler": "Sampler",
-        "param.num_inference_steps": "Sampling steps",
-        "param.eta": "DDIM η (0 = deterministic)",
-        "param.batch_size": "Number of digits",
-        "param.guidance_scale": "Guidance scale",
-        "param.step": "Step",
-        "param.digit": "Digit",
-        "param.ddpm_steps": "DDPM steps",
-        "param.ddim_steps": "DDIM steps",
-        "sampling.seed": "Seed",
-        "sampling.digit_random": "random",
-        "sampler.ddpm": "DDPM (ancestral, Ho et al. 2020)",
-        "sampler.ddim": "DDIM (Song et al. 2021)",
-        "sampler.euler_ancestral": "Euler ancestral (Karras et al. 2022)",
-        "sampler.dpm_solver": "DPM-Solver++ 2M (Lu et al. 2022)",
-        "sampling.run": "Sample",
-        "sampling.stop": "Stop",
-        "sampling.x_t": "x_t: the sampler's current image",
-        "sampling.x0": "x̂₀: predicted final digits",
-        "sampling.eps": "ε̂: predicted noise",
-        "sampling.gallery": "Samples (28×28 PNG, lossless)",
-        "sampling.scrub": "Step (drag to replay the run)",
-        "sampling.scrub_info": "Available after a run: scrubs through the cached steps without recomputing.",
-        "sampling.gif": "Export run as GIF",
-        "sampling.gif_file": "Animated GIF (x_t | x̂₀)",
-        "sampling.summary": "Summary (JSON)",
-        "sampling.loading": "Loading the model…",
-        "sampling.progress": "Step {step} / {total} · t = {t} · {seconds:.1f} s",
-        "sampling.finished": "Done: {total} steps in {seconds:.2f} s.",
-        "sampling.stopped": "Stopped after {done} of {total} steps ({seconds:.2f} s). Drag the slider to replay them.",
-        "sampling.scrubbed": "Replay: step {step} / {total} · t = {t} · ᾱ_t = {alpha_bar:.3g}",
-        "sampling.caption": "digit {digit}",
-        "sampling.compare": "Compare DDPM and DDIM from the same noise",
-        "sampling.compare_intro": (
-            "Both samplers start from the **same** $x_T$ (the seed above) with the same digits and guidance. "
-            "DDPM adds fresh noise at every one of its many small steps; DDIM takes a few large, "
-            "deterministic steps (η = 0) along the same path. The plot shows the pixel spread of $x_t$ "
-            "falling from about 1 (pure noise) to that of real digits."
-        ),
-        "sampling.compare_run": "Run both",
-        "sampling.compare_ddpm": "DDPM result",
-        "sampling.compare_ddim": "DDIM result",
-        "sampling.compare_plot": "Pixel standard deviation against step",
-        "sampling.compare_summary": "Comparison (JSON)",
-        "sampling.compare_progress": "{sampler}: step {step} / {total} · t = {t}",
-        "sampling.compare_done": "DDPM {ddpm_s:.1f} s, DDIM {ddim_s:.1f} s: DDIM was {ratio:.0f}× faster.",
-        "sampling.compare_stopped": "Stopped. Completed runs are shown; press Run both to start again.",
-        "sampling.no_model": "**This lesson is switched off:** the digit model is not installed on this server, or it failed to load. The other tabs work.",
-        "error.bad_digit": "The digit must be 0–9 or random (got {value}).",
-        "error.model_unavailable": ("The {name} model is not available on this server (its files are missing or "
-                                    "damaged). Everything that does not need it still works."),
-        "error.run_expired": "This run is no longer in the server's memory. Please press Sample again.",
-        "error.no_run": "Run the sampler first; then the slider and the GIF export replay that run.",
-        "sampling.intro": (
-            "## Sampling: from noise to a digit\n"
-            "A trained network $\\epsilon_\\theta(x_t, t, y)$ predicts the noise in $x_t$ (here for a digit class $y$). "
-            "DDPM (Ho et al. 2020, eq. 11) walks back one step at a time:\n\n"
-            "$$x_{t-1} = \\frac{1}{\\sqrt{\\alpha_t}}\\left(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}"
-            "\\,\\epsilon_\\theta(x_t, t)\\right) + \\sigma_t z, \\quad z \\sim \\mathcal{N}(0, I)$$\n\n"
-            "DDIM (Song et al. 2021, eq. 12) takes larger, optionally deterministic steps through the "
-            "predicted clean image $\\hat x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon_\\theta) / \\sqrt{\\bar\\alpha_t}$. "
-            "Classifier-free guidance (Ho & Salimans 2022) mixes the class-conditional and unconditional predictions: "
-            "$\\tilde\\epsilon = \\epsilon_\\theta(x_t, \\varnothing) + s\\,(\\epsilon_\\theta(x_t, y) - "
-            "\\epsilon_\\theta(x_t, \\varnothing))$; $s = 1$ is the plain conditional model."
-        ),
-    },
-    "zh-CN": {
-        **{f"sampling.plot.{k}": v for k, v in PLOT_ZH.items()},
-        "sampling.tab": "3 · 采样",
-        "param.sampler": "采样器",
-        "param.num_inference_steps": "采样步数",
-        "param.eta": "DDIM η（0 表示确定性采样）",
-        "param.batch_size": "数字个数",
-        "param.guidance_scale": "引导强度",
-        "param.step": "步",
-        "param.digit": "数字",
-        "param.ddpm_steps": "DDPM 步数",
-        "param.ddim_steps": "DDIM 步数",
-        "sampling.seed": "随机种子",
-        "sampling.digit_random": "随机",
-        "sampler.ddpm": "DDPM（祖先采样，Ho 等 2020）",
-        "sampler.ddim": "DDIM（Song 等 2021）",
-        "sampler.euler_ancestral": "Euler 祖先采样（Karras 等 2022）",
-        "sampler.dpm_solver": "DPM-Solver++ 2M（Lu 等 2022）",
-        "sampling.run": "采样",
-        "sampling.stop": "停止",
-        "sampling.x_t": "x_t：采样器当前的图像",
-        "sampling.x0": "x̂₀：预测的最终数字",
-        "sampling.eps": "ε̂：预测的噪声",
-        "sampling.gallery": "样本（28×28 无损 PNG）",
-        "sampling.scrub": "步（拖动以回放本次采样）",
-        "sampling.scrub_info": "采样结束后可用：在缓存的各步之间拖动，无需重新计算。",
-        "sampling.gif": "把本次采样导出为 GIF",
-        "sampling.gif_file": "GIF 动画（x_t | x̂₀）",
-        "sampling.summary": "结果摘要（JSON）",
-        "sampling.loading": "正在加载模型…",
-        "sampling.progress": "第 {step} / {total} 步 · t = {t} · {seconds:.1f} 秒",
-        "sampling.finished": "完成：{total} 步，用时 {seconds:.2f} 秒。",
-        "sampling.stopped": "已在第 {done} / {total} 步后停止（{seconds:.2f} 秒）。拖动滑块可回放这些步。",
-        "sampling.scrubbed": "回放：第 {step} / {total} 步 · t = {t} · ᾱ_t = {alpha_bar:.3g}",
-        "sampling.caption": "数字 {digit}",
-        "sampling.compare": "从相同噪声出发比较 DDPM 与 DDIM",
-        "sampling.compare_intro": (
-            "两个采样器从**相同**的 $x_T$（上面的随机种子）出发，数字和引导强度也相同。"
-            "DDPM 走很多小步，每一步都加入新的噪声；DDIM 沿同一路径走少量确定性的大步（η = 0）。"
-            "图中显示 $x_t$ 像素的标准差从约 1（纯噪声）降到真实数字的水平。"
-        ),
-        "sampling.compare_run": "同时运行两者",
-        "sampling.compare_ddpm": "DDPM 结果",
-        "sampling.compare_ddim": "DDIM 结果",
-        "sampling.compare_plot": "像素标准差随步数的变化",
-        "sampling.compare_summary": "比较结果（JSON）",
-        "sampling.compare_progress": "{sampler}：第 {step} / {total} 步 · t = {t}",
-        "sampling.compare_done": "DDPM {ddpm_s:.1f} 秒，DDIM {ddim_s:.1f} 秒：DDIM 快 {ratio:.0f} 倍。",
-        "sampling.compare_stopped": "已停止。已完成的结果仍然显示；按“同时运行两者”可重新开始。",
-        "sampling.no_model": "**本课已关闭：**服务器上没有安装数字模型，或模型加载失败。其他标签页可以正常使用。",
-        "error.bad_digit": "数字必须是 0–9 或“随机”（当前为 {value}）。",
-        "error.model_unavailable": "服务器上的 {name} 模型不可用（文件缺失或已损坏）。不需要它的功能仍可正常使用。",
-        "error.run_expired": "这次采样已不在服务器内存中。请重新点击“采样”。",
-        "error.no_run": "请先运行采样器；之后滑块和 GIF 导出会回放那次采样。",
-        "sampling.intro": (
-            "## 采样：从噪声到数字\n"
-            "训练好的网络 $\\epsilon_\\theta(x_t, t, y)$ 预测 $x_t$ 中的噪声（这里针对数字类别 $y$）。"
-            "DDPM（Ho 等，2020，式 11）一步一步往回走：\n\n"
-            "$$x_{t-1} = \\frac{1}{\\sqrt{\\alpha_t}}\\left(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}"
-            "\\,\\epsilon_\\theta(x_t, t)\\right) + \\sigma_t z, \\quad z \\sim \\mathcal{N}(0, I)$$\n\n"
-            "DDIM（Song 等，2021，式 12）借助预测的干净图像 "
-            "$\\hat x_0 = (x_t - \\sqrt{1-\\bar\\alpha_t}\\,\\epsilon_\\theta) / \\sqrt{\\bar\\alpha_t}$ "
-            "迈出更大的步子，并且可以是确定性的。无分类器引导（Ho 与 Salimans，2022）把有条件和无条件的预测混合起来："
-            "$\\tilde\\epsilon = \\epsilon_\\theta(x_t, \\varnothing) + s\\,(\\epsilon_\\theta(x_t, y) - "
-            "\\epsilon_\\theta(x_t, \\varnothing))$；$s = 1$ 就是普通的条件模型。"
-        ),
-    },
-}
 
 
 class LiveRun:
@@ -378,7 +229,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         log.warning("lesson 3 is off: no usable model at %s", models.MODELS[MODEL].path)
         gr.Markdown(tr("sampling.no_model"), elem_classes=["dl-warning"], elem_id="sample-no-model")
         return
-    device = model_device(settings)
+    device = model_device(settings.device)
     heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
     t_max = 1000  # the slider's top; the model's own T is checked on the server
     with gr.Row():

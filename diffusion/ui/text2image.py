@@ -24,8 +24,11 @@ from diffusion.models import registry as models
 from diffusion.lessons.text2image import pipeline as t2i
 from diffusion.errors import InputError
 from diffusion.images import check_upload, load_image
-from diffusion.ui.common import (LANG_JS, LATEX, AppSettings, ImageInput, Translator, gpu_task, guarded,
-                                 lang_input, progress_html)
+from diffusion.serving.gpu import gpu_task
+from diffusion.ui.handlers import guarded
+from diffusion.ui.i18n import LANG_JS, Translator, lang_input
+from diffusion.ui.settings import AppSettings
+from diffusion.ui.widgets import ImageInput, LATEX, progress_html
 from diffusion.ui.sampling import LiveRun, RunStore
 
 log = logging.getLogger(__name__)
@@ -37,123 +40,6 @@ EXAMPLES = ("a large red circle in the center on a white background",
             "a large green triangle at the bottom left on a black background",
             "a purple square on an orange background", "a blue star")
 
-STRINGS = {
-    "en": {
-        "text2image.tab": "5 · Text to image",
-        "text2image.intro": (
-            "## Text to image\n"
-            "A text encoder turns the prompt $c$ into vectors. Starting from noise $z_T$ in a small *latent* "
-            "space, the denoiser removes noise step by step, steered towards the prompt by classifier-free "
-            "guidance:\n\n"
-            "$$\\tilde\\epsilon = \\epsilon_\\theta(z_t, t, \\varnothing) + w\\,\\big(\\epsilon_\\theta(z_t, t, c) "
-            "- \\epsilon_\\theta(z_t, t, \\varnothing)\\big)$$\n\n"
-            "and a VAE decodes the final latent $z_0$ into pixels (Stable Diffusion, Rombach et al. 2022). "
-            "The embedded model is our own tiny Stable Diffusion: it knows colours, four shapes, two sizes, "
-            "five places and backgrounds, and draws 64×64 pictures. Online, the same tab runs real models."
-        ),
-        "text2image.model": "Model",
-        "text2image.model_embedded": "Embedded: tiny shapes model (offline)",
-        "text2image.prompt": "Prompt",
-        "text2image.examples": "Example prompts",
-        "param.scheduler": "Scheduler",
-        "param.strength": "Strength",
-        "text2image.negative_prompt": "Negative prompt (what to steer away from)",
-        "text2image.steps": "Steps",
-        "text2image.guidance": "Guidance scale w",
-        "text2image.seed": "Seed",
-        "text2image.scheduler": "Scheduler",
-        "text2image.width": "Width (0 = the model's size)",
-        "text2image.height": "Height (0 = the model's size)",
-        "text2image.batch": "Pictures",
-        "text2image.img2img": "Image to image (start from your picture)",
-        "text2image.init_image": "Starting picture (optional)",
-        "text2image.strength": "Strength (how much noise is added to it)",
-        "text2image.generate": "Generate",
-        "text2image.stop": "Stop",
-        "text2image.latent": "z_t: the latent (first 3 channels)",
-        "text2image.x0": "x̂₀: what the model expects to end with (decoded)",
-        "text2image.scrub": "Step (drag to replay the run)",
-        "text2image.gallery": "Pictures (PNG, lossless)",
-        "text2image.summary": "Summary (JSON)",
-        "text2image.loading": "Loading the model…",
-        "text2image.progress": "Step {step} / {total} · t = {t:.0f} · {seconds:.1f} s",
-        "text2image.finished": "Done: {total} steps in {seconds:.2f} s.",
-        "text2image.stopped": "Stopped after {done} of {total} steps ({seconds:.2f} s).",
-        "text2image.scrubbed": "Replay: step {step} / {total} · t = {t:.0f} · ᾱ_t = {alpha_bar:.3g}",
-        "text2image.unknown": "ℹ️ The model does not know these words and ignores them: {words}.",
-        "text2image.strength_info": (
-            "Strength {strength:.2f} keeps the last {steps} of {total} steps: your picture's latent is noised to "
-            "t = {t:.0f}, where ᾱ_t = {alpha_bar:.3f}, i.e. z_t = {a:.2f}·z₀ + {b:.2f}·ε (the forward process "
-            "of lesson 2), and denoised from there."),
-        "text2image.no_model": (
-            "**The embedded text-to-image model is not available** (its folder is missing or damaged). "
-            "Models chosen in the list above may still work online; the other lessons are not affected."),
-        "error.lcm_only": "The LCM scheduler only works with LCM-distilled models; choose another scheduler.",
-        "error.prompt_too_long": "{name} is {n} characters long; the limit is {limit}.",
-        "error.model_not_allowed": "The model {model} is not offered here. Choose one of the listed models.",
-        "error.model_load_failed": "The model {model} could not be loaded ({reason}). The embedded model still works.",
-        "error.no_steps": "This run was stopped before its first step.",
-        "error.t2i_no_run": "Generate pictures first.",
-        "error.out_of_memory": "The GPU ran out of memory for a {w}×{h} picture; choose a smaller size or fewer steps.",
-        "error.t2i_run_expired": "This run is no longer kept; generate again.",
-    },
-    "zh-CN": {
-        "text2image.tab": "5 · 文生图",
-        "text2image.intro": (
-            "## 文生图\n"
-            "文本编码器把提示词 $c$ 变成向量。模型从一个很小的*潜空间*里的噪声 $z_T$ 出发，一步步去噪，"
-            "并用无分类器引导把结果推向提示词：\n\n"
-            "$$\\tilde\\epsilon = \\epsilon_\\theta(z_t, t, \\varnothing) + w\\,\\big(\\epsilon_\\theta(z_t, t, c) "
-            "- \\epsilon_\\theta(z_t, t, \\varnothing)\\big)$$\n\n"
-            "最后由 VAE 把潜变量 $z_0$ 解码成像素（Stable Diffusion，Rombach 等，2022）。"
-            "内置模型是我们自己训练的小型 Stable Diffusion：它认识颜色、四种形状、两种大小、五个位置和背景色，"
-            "生成 64×64 的图片。联网时，同一个标签页可以运行真正的大模型。"
-        ),
-        "text2image.model": "模型",
-        "text2image.model_embedded": "内置：小型形状模型（离线）",
-        "text2image.prompt": "提示词（英文）",
-        "text2image.examples": "示例提示词",
-        "param.scheduler": "调度器",
-        "param.strength": "强度",
-        "text2image.negative_prompt": "反向提示词（希望避开的内容）",
-        "text2image.steps": "步数",
-        "text2image.guidance": "引导系数 w",
-        "text2image.seed": "随机种子",
-        "text2image.scheduler": "调度器",
-        "text2image.width": "宽度（0 = 模型默认尺寸）",
-        "text2image.height": "高度（0 = 模型默认尺寸）",
-        "text2image.batch": "图片数量",
-        "text2image.img2img": "图生图（从你的图片出发）",
-        "text2image.init_image": "起始图片（可选）",
-        "text2image.strength": "强度（给它加多少噪声）",
-        "text2image.generate": "生成",
-        "text2image.stop": "停止",
-        "text2image.latent": "z_t：潜变量（前 3 个通道）",
-        "text2image.x0": "x̂₀：模型预期的最终结果（已解码）",
-        "text2image.scrub": "步骤（拖动以回放）",
-        "text2image.gallery": "图片（PNG，无损）",
-        "text2image.summary": "摘要（JSON）",
-        "text2image.loading": "正在加载模型…",
-        "text2image.progress": "第 {step} / {total} 步 · t = {t:.0f} · {seconds:.1f} 秒",
-        "text2image.finished": "完成：{total} 步，用时 {seconds:.2f} 秒。",
-        "text2image.stopped": "已在第 {done} / {total} 步停止（{seconds:.2f} 秒）。",
-        "text2image.scrubbed": "回放：第 {step} / {total} 步 · t = {t:.0f} · ᾱ_t = {alpha_bar:.3g}",
-        "text2image.unknown": "ℹ️ 模型不认识这些词，会忽略它们：{words}。",
-        "text2image.strength_info": (
-            "强度 {strength:.2f} 保留 {total} 步中的最后 {steps} 步：你的图片的潜变量被加噪到 t = {t:.0f}，"
-            "此时 ᾱ_t = {alpha_bar:.3f}，即 z_t = {a:.2f}·z₀ + {b:.2f}·ε（第 2 课的前向过程），再从那里去噪。"),
-        "text2image.no_model": (
-            "**内置文生图模型不可用**（文件夹缺失或损坏）。上面列表中的其他模型联网时仍可使用；其他课程不受影响。"),
-        "error.lcm_only": "LCM 调度器只适用于经过 LCM 蒸馏的模型，请换一个调度器。",
-        "error.prompt_too_long": "{name} 有 {n} 个字符，上限是 {limit}。",
-        "error.model_not_allowed": "这里不提供模型 {model}，请从列表中选择。",
-        "error.model_load_failed": "无法加载模型 {model}（{reason}）。内置模型仍然可用。",
-        "error.no_steps": "这次运行在第一步之前就停止了。",
-        "error.t2i_no_run": "请先生成图片。",
-        "error.out_of_memory": "生成 {w}×{h} 的图片时 GPU 显存不足；请选择更小的尺寸或更少的步数。",
-        "error.t2i_run_expired": "这次运行已不再保存，请重新生成。",
-    },
-}
 SCHEDULER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_ancestral": "Euler ancestral",
                     "dpm_solver": "DPM-Solver++ 2M", "lcm": "LCM"}
 

@@ -391,9 +391,9 @@ def test_log_axis_labels_are_matplotlibs_own_in_unicode(limits):
 @pytest.mark.parametrize("lang", ["en", "zh-CN"])
 def test_every_label_of_the_heat_figures_is_inside_the_picture(settings, lang):
     from diffusion.serving import render_pool as render_worker
-    from diffusion.ui.heat import STRINGS
+    from diffusion.ui.i18n import load_locales
 
-    text = {k.removeprefix("heat.plot."): v for k, v in STRINGS[lang].items() if k.startswith("heat.plot.")}
+    text = {k.removeprefix("heat.plot."): v for k, v in load_locales()[lang].items() if k.startswith("heat.plot.")}
     result = simulate(HeatParams(**settings).validated())
     frame = max(i for i in range(len(result.times)) if np.isfinite(result.u[i]).all())
     for fig in render_worker.heat_figures(result, frame, text):

@@ -11,7 +11,9 @@ import pytest
 
 import app
 from diffusion.errors import InputError
-from diffusion.ui import common
+from diffusion.serving import gpu
+from diffusion.serving.cache import LRUCache, PictureFiles
+from diffusion.ui import handlers, i18n, patches
 
 CORE = Path(__file__).resolve().parents[2] / "diffusion"
 # Command-line tools report errors in English only; everything else can reach the UI.
@@ -99,13 +101,13 @@ def test_plot_text_is_translated_for_every_key(built):
     ("en", "en"), ("en-GB", "en"), ("fr", "en"), ("", "en"), (None, "en"), (42, "en"), ("x" * 1000, "en"),
 ])
 def test_normalize_lang(raw, expected):
-    assert common.normalize_lang(raw) == expected
+    assert i18n.normalize_lang(raw) == expected
 
 
 def test_guarded_translates_input_errors(built):
     _, tr = built
 
-    @common.guarded(tr)
+    @handlers.guarded(tr)
     def handler(value, lang):
         raise InputError("out_of_range", "{name} must be between {lo} and {hi} (got {value}).",
                          name="n_points", lo=8, hi=4001, value=value)
@@ -121,11 +123,11 @@ def test_guarded_translates_input_errors(built):
 def test_guarded_hides_unexpected_errors_and_handles_generators(built):
     _, tr = built
 
-    @common.guarded(tr)
+    @handlers.guarded(tr)
     def broken(lang):
         raise RuntimeError("secret internal detail /etc/passwd")
 
-    @common.guarded(tr)
+    @handlers.guarded(tr)
     def stream(lang):
         yield 1
         raise ZeroDivisionError("internal")
@@ -181,7 +183,7 @@ def test_gpu_task_is_a_no_op_without_spaces(monkeypatch):
     def work(x):
         return x + 1
 
-    assert common.gpu_task(30)(work) is work
+    assert gpu.gpu_task(30)(work) is work
 
 
 def test_pyplot_is_imported_once_at_start_up_not_by_racing_request_threads():
@@ -201,7 +203,7 @@ def test_the_lru_cache_makes_each_value_once_even_under_a_stampede():
     import threading
     import time
 
-    cache = common.LRUCache(capacity=2)
+    cache = LRUCache(capacity=2)
     calls = []
 
     def make(key):
@@ -233,7 +235,7 @@ def test_a_cached_output_picture_is_never_rewritten_in_place(tmp_path):
     import numpy as np
     from gradio import processing_utils
 
-    import diffusion.ui.common  # noqa: F401 - installs the atomic writer
+    patches.publish_cached_images_atomically()
 
     picture = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     first = processing_utils.save_img_array_to_cache(picture, str(tmp_path), format="png")
@@ -252,7 +254,7 @@ def test_picture_files_encode_each_picture_once_and_delete_what_they_drop():
     import numpy as np
     from PIL import Image
 
-    store = common.PictureFiles(capacity=2)
+    store = PictureFiles(capacity=2)
     rng = np.random.default_rng(0)
     pictures = {k: rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for k in "abc"}
     made = []
