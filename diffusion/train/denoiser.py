@@ -50,7 +50,7 @@ from diffusion.models.denoiser_net import (
     tweedie,
 )
 from diffusion.errors import InputError
-from diffusion.lessons.noising.process import make_scheduler
+from diffusion.schedule import make_scheduler
 
 TEST_SET_NAMES = ("bsd68", "cbsd68", "set12", "set14", "kodak24", "mcmaster", "urban100", "mcmaster18")
 SCALES = (1.0, 0.9, 0.8, 0.7)  # DnCNN's training scales (Zhang et al. 2017)

@@ -55,7 +55,7 @@ from tqdm import tqdm
 from diffusion.datasets import digits as data
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device
 from diffusion.errors import InputError
-from diffusion.lessons.noising.process import make_scheduler
+from diffusion.schedule import make_scheduler
 
 NULL_CLASS = data.NUM_CLASSES  # label index 10: "no class", the unconditional model
 NUM_CLASS_EMBEDS = data.NUM_CLASSES + 1

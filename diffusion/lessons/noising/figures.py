@@ -114,7 +114,8 @@ class _ScheduleFigure:
     )
 
     def __init__(self, current: str, num_train_timesteps: int, text: Mapping[str, str] | None) -> None:
-        from diffusion.lessons.noising.process import SCHEDULES, get_schedule
+        from diffusion.lessons.noising.process import get_schedule
+        from diffusion.schedule import SCHEDULES
 
         self.labels = _labels(text)
         self.current = current

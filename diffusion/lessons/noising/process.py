@@ -13,10 +13,9 @@ one jump (eq. 4)::
 The β schedules and the closed form come from :class:`diffusers.DDPMScheduler`
 so that the lesson shows exactly what the library used for training does.
 
-Timestep convention: the lesson's ``t`` runs over ``0..T``. ``t = 0`` is the
-clean image (ᾱ_0 = 1, no noise) and ``t = 1..T`` are the paper's timesteps.
-diffusers numbers its timesteps from 0, so paper step ``t`` is diffusers index
-``t - 1``: ``ᾱ_t = scheduler.alphas_cumprod[t - 1]``. Every array of
+Timestep convention (:mod:`diffusion.schedule`, the same in every lesson): ``t``
+runs over ``0..T``, ``t = 0`` is the clean image (ᾱ_0 = 1, no noise) and
+``t = 1..T`` are the paper's timesteps, diffusers index ``t - 1``. Every array of
 :class:`NoiseSchedule` has length ``T + 1`` and is indexed by the lesson's ``t``.
 
 Images are float32 arrays ``(H, W, C)`` scaled to ``[-1, 1]`` (see
@@ -40,33 +39,19 @@ from diffusers import DDPMScheduler
 
 from diffusion.errors import InputError, check_choice, check_range
 from diffusion.images import save_gif
+from diffusion.schedule import (  # noqa: F401 - SCHEDULES and make_scheduler are part of this lesson's API
+    SCHEDULES, TIMESTEP_LIMITS, check_schedule, check_timesteps, make_scheduler,
+)
 
-SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
-_DIFFUSERS_NAMES = {
-    "linear": "linear",
-    "cosine": "squaredcos_cap_v2",
-    "scaled_linear": "scaled_linear",
-    "sigmoid": "sigmoid",
-}
-LIMITS = {"num_train_timesteps": (10, 4000), "seed": (0, 2**32 - 1)}
-
-# DDPM's linear schedule endpoints (Ho et al. 2020, section 4); diffusers'
-# "scaled_linear" and "sigmoid" reuse them, the cosine schedule ignores them.
-BETA_START = 1e-4
-BETA_END = 0.02
+LIMITS = {"num_train_timesteps": TIMESTEP_LIMITS, "seed": (0, 2**32 - 1)}
 
 # The stepwise chain keeps at most this many checkpoints (plus the clean image),
 # whatever T is, so its memory stays bounded for T up to 4000.
 MAX_CHECKPOINTS = 40
 
 
-def _check_schedule(schedule: Any) -> str:
-    return check_choice("schedule", schedule, SCHEDULES)
-
-
-def _check_timesteps(num_train_timesteps: Any) -> int:
-    lo, hi = LIMITS["num_train_timesteps"]
-    return int(check_range("num_train_timesteps", num_train_timesteps, lo, hi, integer=True))
+_check_schedule = check_schedule
+_check_timesteps = check_timesteps
 
 
 def _check_seed(seed: Any) -> int:
@@ -92,31 +77,6 @@ def _check_image(x0: Any) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError("image_bad_array", "The image contains NaN or infinite values.")
     return array
-
-
-def make_scheduler(schedule: str, num_train_timesteps: int = 1000) -> DDPMScheduler:
-    """A fresh diffusers DDPM scheduler for one of :data:`SCHEDULES`.
-
-    Args:
-        schedule: ``"linear"``, ``"cosine"``, ``"scaled_linear"`` or ``"sigmoid"``
-            (the cosine one is diffusers' ``"squaredcos_cap_v2"``).
-        num_train_timesteps: Number of diffusion steps T, within ``LIMITS``.
-
-    Returns:
-        A :class:`diffusers.DDPMScheduler` with DDPM's β_1 = 1e-4, β_T = 0.02.
-
-    Raises:
-        InputError: ``bad_choice`` for an unknown schedule, ``not_a_number`` /
-            ``not_an_integer`` / ``out_of_range`` for a bad T.
-    """
-    schedule = _check_schedule(schedule)
-    num_train_timesteps = _check_timesteps(num_train_timesteps)
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule=_DIFFUSERS_NAMES[schedule],
-    )
 
 
 @functools.lru_cache(maxsize=32)
