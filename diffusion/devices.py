@@ -54,12 +54,11 @@ def describe_device(device: torch.device) -> str:
 def server_threads(cores: int | None = None) -> int:
     """torch CPU threads per model job when serving a class: half the cores, at most 4.
 
-    Measured on a 2-core CPU with the app's models run from a worker thread (as the
-    server runs them): two threads made lesson 5's 30-step generation 3× slower
-    (1.0 s against 0.3 s) and lesson 3's sampling 25 % slower, because OpenMP hands
-    every tiny operation to a thread that has to be woken, and only lesson 4's
-    denoiser gained (0.065 s against 0.088 s). One thread per job also leaves the
-    other core to the heat-equation and noising requests of the rest of the class.
+    The app's models are small: run from a worker thread (as the server runs them), more
+    threads make lessons 3 and 5 slower, because OpenMP hands every tiny operation to a
+    thread that has to be woken; only lesson 4's denoiser gains a little. One thread per
+    job also leaves the other cores to the heat-equation and noising requests of the rest
+    of the class. ``python -m diffusion.bench text2image`` and ``sampling`` show the effect.
     """
     cores = cores or os.cpu_count() or 1
     return max(1, min(4, cores // 2))

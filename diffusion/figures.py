@@ -76,8 +76,8 @@ class UnicodeLogFormatter(LogFormatterSciNotation):
     """matplotlib's log-axis tick labels (10⁻³, 2×10⁻³) in plain Unicode, not mathtext.
 
     Which ticks get a label is matplotlib's own choice; only the text differs. Mathtext
-    labels are parsed anew for every figure, about 9 ms each, which was a tenth of the
-    time to draw a log-axis figure. A label this cannot translate stays mathtext.
+    labels are parsed anew for every figure, a noticeable share of the time to draw a
+    log-axis figure. A label this cannot translate stays mathtext.
     """
 
     def __call__(self, x: float, pos: int | None = None) -> str:

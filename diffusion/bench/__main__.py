@@ -1,8 +1,8 @@
-"""``python -m diffusion.bench``."""
+"""``python -m diffusion.bench``: see :mod:`diffusion.bench.cli`."""
 
 import sys
 
-from diffusion.bench.lessons import main
+from diffusion.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

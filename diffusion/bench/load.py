@@ -133,9 +133,10 @@ def fetch_files(http: Any, answer: Any) -> int:
     """Download every file an answer points to, as the browser showing it would; returns the bytes.
 
     gradio_client's own downloads open a new HTTP client, with a new TLS context, for
-    every file: on a 2-core machine that was most of the simulated students' CPU, taken
-    from the server they were measuring. One kept-alive client per student does what a
-    browser does. A file cut short raises, as it did with gradio_client's downloads.
+    every file: CPU the simulated students take from the server they are measuring
+    (the report's "cores busy" line shows how much they use). One kept-alive client per
+    student does what a browser does. A file cut short raises, as it did with
+    gradio_client's downloads.
     """
     if isinstance(answer, dict):
         if isinstance(answer.get("url"), str) and "path" in answer:

@@ -4,7 +4,7 @@ In one run, on the same pipeline, prompt, seed, scheduler and steps:
 
 * **bare**: the pipeline called as diffusers documents it, nothing else;
 * **lesson**: :func:`diffusion.lessons.text2image.pipeline.generate` as the tab runs it, in a worker
-  thread (:class:`~diffusion.ui.sampling.LiveRun`) with every step recorded, while the
+  thread (:class:`~diffusion.serving.live.LiveRun`) with every step recorded, while the
   streaming side picks the newest step about four times a second and renders its latent
   and, paced by :class:`~diffusion.lessons.text2image.pipeline.PreviewPacer`, its VAE-decoded x̂₀, then
   the final frame, exactly like the tab.
@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion import cli
 from diffusion.models import registry as models
-from diffusion.lessons.text2image import pipeline as t2i
+from diffusion.lessons import text2image as t2i
 
 A100_SD15_SECONDS = 1.6  # published: SD 1.5, 512×512, 50 steps, fp16, SDPA, one A100
 
@@ -44,7 +45,7 @@ def _bare(pipe, request: t2i.T2IRequest) -> np.ndarray:
 
 
 def _lesson(pipe, request: t2i.T2IRequest) -> np.ndarray:
-    from diffusion.ui.sampling import LiveRun  # the tab's own streaming machinery
+    from diffusion.serving.live import LiveRun  # the tabs' own streaming machinery
 
     live = LiveRun(lambda callback, stop: t2i.generate(pipe, request, callback=callback, stop=stop))
     decode = (lambda z: t2i.decode_latents(pipe.vae, z))
@@ -87,7 +88,7 @@ def sd15_seconds(steps: int = 50, repeat: int = 3) -> float:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from diffusion.train.text2image import build_tokenizer
+    from diffusion.models.tiny_sd import build_tokenizer
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD 1.5's config
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
@@ -149,5 +150,5 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="alternating runs of each (default 5)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--sd15", action="store_true", help="on CUDA, also time the SD 1.5 architecture")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: as the app serves, half the cores, at most 4)")
+    cli.add_threads_argument(parser, help="torch CPU threads (default: as the app serves, half the cores, at most 4)")
     parser.set_defaults(func=run_text2image)

@@ -1,8 +1,8 @@
-"""``python -m diffusion.evaluate``."""
+"""``python -m diffusion.evaluate``: see :mod:`diffusion.evaluate.cli`."""
 
 import sys
 
-from diffusion.evaluate.mnist import main
+from diffusion.evaluate.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.lessons.denoising import classical
+from diffusion import cli
 from diffusion.datasets import digits as data
-from diffusion.lessons.denoising.denoiser import (
+from diffusion.errors import InputError
+from diffusion.lessons.denoising import classical
+from diffusion.lessons.denoising import (
     METHODS,
     DiffusionDenoiser,
     add_noise,
@@ -45,7 +47,6 @@ from diffusion.lessons.denoising.denoiser import (
     score,
     to_uint8,
 )
-from diffusion.errors import InputError
 from diffusion.models.registry import MODELS_DIR
 
 DEFAULT_MODEL = MODELS_DIR / "photo-denoiser"
@@ -118,8 +119,7 @@ def markdown_tables(report: dict) -> str:
 
 def run_denoise(args: argparse.Namespace) -> int:
     """``denoise``: the tables of the module docstring."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.use_threads(args.threads)
     methods = [m for m in args.methods if m != "bm3d" or classical.bm3d_available()]
     denoiser = DiffusionDenoiser.from_folder(args.model_dir) if any(m.startswith("diffusion") for m in methods) else None
     report: dict = {"model": str(Path(args.model_dir).name), "seed": args.seed, "steps": args.steps,
@@ -186,29 +186,25 @@ def run_color(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``denoise``, ``denoise-tune`` and ``denoise-color`` with ``python -m diffusion.evaluate``."""
     p = sub.add_parser("denoise", help="lesson 4's denoisers on Set12 and BSD68")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL), help="denoiser folder (default: the shipped one)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder holding Set12/ and BSD68/ (default data/denoise)")
     p.add_argument("--sets", type=lambda t: t.split(","), default=list(TEST_SETS), help="default Set12,BSD68")
-    p.add_argument("--sigmas", type=_floats, default=[15.0, 25.0, 50.0], help="default 15,25,50")
+    p.add_argument("--sigmas", type=cli.float_list, default=[15.0, 25.0, 50.0], help="default 15,25,50")
     p.add_argument("--methods", type=lambda t: t.split(","), default=list(METHODS),
                    help="default all: " + ",".join(METHODS))
     p.add_argument("--steps", type=int, default=10, help="multi-step DDIM steps (default 10)")
     p.add_argument("--limit", type=int, default=0, help="only the first N images of each set (default all)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    cli.add_threads_argument(p)
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(run=run_denoise)
 
     p = sub.add_parser("denoise-tune", help="tune the classical denoisers on BSD400 (training images)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder holding BSD400/ (default data/denoise)")
-    p.add_argument("--sigmas", type=_floats, default=[s for s in classical.TUNED_SIGMAS if s > 0])
+    p.add_argument("--sigmas", type=cli.float_list, default=[s for s in classical.TUNED_SIGMAS if s > 0])
     p.add_argument("--limit", type=int, default=16, help="BSD400 images to use (default the first 16)")
     p.add_argument("--seed", type=int, default=1, help="noise seed (default 1)")
     p.set_defaults(run=run_tune)
@@ -216,6 +212,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("denoise-color", help="colour handling of the diffusion denoiser")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL))
     p.add_argument("--folder", default=str(EXAMPLES_DIR), help="colour photos (default: the bundled examples)")
-    p.add_argument("--sigmas", type=_floats, default=[15.0, 25.0, 50.0])
+    p.add_argument("--sigmas", type=cli.float_list, default=[15.0, 25.0, 50.0])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run_color)

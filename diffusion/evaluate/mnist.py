@@ -1,9 +1,6 @@
-"""Evaluation CLI: how good are the shipped models? ``python -m diffusion.evaluate mnist|denoise``.
+"""``python -m diffusion.evaluate mnist``: how good is lesson 3's digit DDPM?
 
-Lesson 4's photo denoiser is measured by :mod:`diffusion.evaluate.denoise`
-(``denoise``, ``denoise-tune``, ``denoise-color``).
-
-For the digit DDPM (lesson 3) it measures, in one run:
+It measures, in one run:
 
 1. **A referee classifier.** A small CNN of our own, trained on the split that the
    diffusion model never saw (``heldout_idx`` of its ``train_info.json``), so its judgement
@@ -32,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,10 +39,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffusion import cli
 from diffusion.datasets import digits as data
-from diffusion.models import registry as models
-from diffusion.devices import DEVICE_CHOICES, resolve_device
+from diffusion.devices import resolve_device
 from diffusion.lessons.sampling.sampler import SampleRequest, sample
+from diffusion.models import registry as models
 
 FEATURES = 128
 
@@ -212,8 +208,7 @@ def _shown(path: Path) -> str:
 
 def run_mnist(args: argparse.Namespace) -> int:
     """Evaluate the digit model; see the module docstring."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.use_threads(args.threads)
     device = resolve_device(args.device)
     model_dir = Path(args.model_dir) if args.model_dir else models.MODELS["mnist"].path
     unet, scheduler_config = models.load_unet_folder(model_dir, device, name=str(model_dir))
@@ -319,49 +314,20 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    return [_positive_int(v) for v in text.split(",") if v.strip()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diffusion.evaluate", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="task", required=True)
+def add_subcommand(sub: argparse._SubParsersAction) -> None:
+    """Register ``mnist`` with ``python -m diffusion.evaluate``."""
     p = sub.add_parser("mnist", help="the class-conditional digit DDPM of lesson 3")
     p.add_argument("--model-dir", help="diffusers folder (default: the shipped assets/models/mnist-ddpm)")
-    p.add_argument("--samples-per-class", type=_positive_int, default=50,
+    p.add_argument("--samples-per-class", type=cli.positive_int, default=50,
                    help="generated digits per class and setting (default 50, i.e. 500 per setting)")
-    p.add_argument("--reference", type=_positive_int, default=2000, help="real reference digits (default 2000)")
+    p.add_argument("--reference", type=cli.positive_int, default=2000, help="real reference digits (default 2000)")
     p.add_argument("--guidance", type=float, help="default guidance to test (default: the app's)")
-    p.add_argument("--ddpm-steps", type=_positive_int, default=1000, help="default 1000")
-    p.add_argument("--ddim-steps", type=_int_list, default=[100, 50, 20, 10], help="default 100,50,20,10")
-    p.add_argument("--eta-steps", type=_positive_int, default=50, help="DDIM steps of the η = 1 row (default 50)")
-    p.add_argument("--classifier-steps", type=_positive_int, default=1500, help="default 1500")
+    p.add_argument("--ddpm-steps", type=cli.positive_int, default=1000, help="default 1000")
+    p.add_argument("--ddim-steps", type=cli.positive_int_list, default=[100, 50, 20, 10], help="default 100,50,20,10")
+    p.add_argument("--eta-steps", type=cli.positive_int, default=50, help="DDIM steps of the η = 1 row (default 50)")
+    p.add_argument("--classifier-steps", type=cli.positive_int, default=1500, help="default 1500")
     p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="default auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    cli.add_device_argument(p)
+    cli.add_threads_argument(p)
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(run=run_mnist)
-    from diffusion.evaluate import denoise as evaluate_denoise  # lesson 4
-
-    evaluate_denoise.add_subcommands(sub)
-    from diffusion.evaluate import text2image as evaluate_text2image  # lesson 5
-
-    evaluate_text2image.add_subcommand(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and run one evaluation; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.evaluate import shape_checker
+from diffusion import cli
 from diffusion.datasets import shapes
-from diffusion.lessons.text2image import pipeline as t2i
-from diffusion.models.registry import T2I_PATH
+from diffusion.evaluate import shape_checker
+from diffusion.lessons import text2image as t2i
+from diffusion.models.registry import MODELS, T2I
 
 DEFAULTS = t2i.T2IRequest()
 
@@ -61,8 +62,7 @@ def generate_pictures(pipe: Any, prompts: list[str], request: t2i.T2IRequest, ba
 
 def run_text2image(args: argparse.Namespace) -> int:
     """Measure prompt accuracy; print a table and optionally write JSON."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.use_threads(args.threads)
     pipe = t2i.load_pipeline(str(args.model_dir), "cpu")
     side = t2i.default_side(pipe)
     report: dict[str, Any] = {"model": Path(args.model_dir).name, "seed": args.seed, "prompts": args.n,
@@ -112,14 +112,14 @@ def print_report(report: dict[str, Any]) -> None:
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``text2image`` with ``python -m diffusion.evaluate``."""
     p = sub.add_parser("text2image", help="prompt accuracy of lesson 5's embedded model")
-    p.add_argument("--model-dir", default=str(T2I_PATH), help="pipeline folder (default: the shipped one)")
+    p.add_argument("--model-dir", default=str(MODELS[T2I].path), help="pipeline folder (default: the shipped one)")
     p.add_argument("--n", type=int, default=200, help="prompts per group (default 200)")
-    p.add_argument("--guidance", type=lambda t: [float(v) for v in t.split(",")],
+    p.add_argument("--guidance", type=cli.float_list,
                    default=[1.0, DEFAULTS.guidance_scale], help=f"default 1,{DEFAULTS.guidance_scale:g}")
     p.add_argument("--scheduler", default=DEFAULTS.scheduler, choices=tuple(t2i.SCHEDULERS))
     p.add_argument("--steps", type=int, default=DEFAULTS.num_inference_steps)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    cli.add_threads_argument(p)
     p.add_argument("--save-grid", help="save 32 pictures per group at the default guidance (path stem)")
     p.add_argument("--out", help="write the JSON report here")
     p.set_defaults(run=run_text2image)

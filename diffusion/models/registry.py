@@ -1,22 +1,29 @@
-"""Registry of the models that ship with the app, loaded lazily and cached.
+"""The registry: ONE table of the models that ship with the app, loaded lazily, once, and cached.
 
-Each model is a diffusers folder under ``assets/models/<name>/`` as written by
-``python -m diffusion.train mnist|denoiser --export DIR``::
+Each model is a diffusers folder under ``assets/models/<name>/``:
 
-    unet/config.json, unet/diffusion_pytorch_model.safetensors
-    scheduler/scheduler_config.json
-    train_info.json (the model card's numbers), README.md (the model card)
-    denoiser.json (lesson 4's denoiser only: its noise range)
+* ``unet2d`` (lesson 3's digit model, ``python -m diffusion.train mnist --export DIR``):
+  ``unet/`` and ``scheduler/``, loadable with ``UNet2DModel`` / ``DDPMScheduler``;
+* ``denoiser`` (lesson 4, ``python -m diffusion.train denoiser --export DIR``): the same
+  plus ``denoiser.json`` (its noise range);
+* ``pipeline`` (lesson 5, ``python -m diffusion.train text2image --export DIR``): a whole
+  ``StableDiffusionPipeline`` folder.
 
-Loading uses safetensors only and never touches the network. A folder that is
-missing or does not load raises :class:`ModelUnavailable`, so the user
+Every folder also has ``README.md`` (the model card) and ``train_info.json``.
+
+Loading uses safetensors only and never touches the network. A folder that is missing
+or does not load raises :class:`ModelUnavailable` and is remembered, so the user
 interface can disable the one lesson that needs it while the rest keeps working.
+
+This module sits below the lessons: it returns diffusers objects and plain configs. A
+lesson that wraps a model in its own class passes the wrapper as ``build`` to :func:`load`.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +31,52 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion.datasets.digits import IMAGE_SIZE, NUM_CLASSES
-from diffusion.lessons.denoising.denoiser import DiffusionDenoiser
 from diffusion.errors import InputError
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "assets" / "models"
+UNET_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json")
+PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json",
+                  "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
+                  "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                  "vae/diffusion_pytorch_model.safetensors")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One shipped model: where its folder is and what the lessons expect of it."""
+    """One shipped model: its folder, what kind it is and what the lesson expects of it.
+
+    ``image_size``, ``in_channels`` and ``num_class_embeds`` are checked against a
+    ``unet2d`` model's config (0 = not checked).
+    """
 
     path: Path
-    kind: str  # "unet2d": a class-conditional UNet2DModel + a DDPM scheduler
+    kind: str  # "unet2d" | "denoiser" | "pipeline" (see the module docstring)
     title: str
-    image_size: int
-    in_channels: int
-    num_class_embeds: int
+    image_size: int = 0
+    in_channels: int = 0
+    num_class_embeds: int = 0
+
+    @property
+    def required_files(self) -> tuple[str, ...]:
+        """The files a complete folder of this kind has."""
+        return {"unet2d": UNET_FILES, "denoiser": UNET_FILES + ("denoiser.json",),
+                "pipeline": PIPELINE_FILES}[self.kind]
+
+    def at(self, path: str | Path) -> ModelSpec:
+        """The same model read from another folder (tests, a replaced model)."""
+        return replace(self, path=Path(path))
 
 
 MODELS: dict[str, ModelSpec] = {
     "mnist": ModelSpec(path=MODELS_DIR / "mnist-ddpm", kind="unet2d",
                        title="Class-conditional DDPM on MNIST digits", image_size=IMAGE_SIZE,
                        in_channels=1, num_class_embeds=NUM_CLASSES + 1),
+    "denoiser": ModelSpec(path=MODELS_DIR / "photo-denoiser", kind="denoiser",
+                          title="Noise-conditional photo denoiser (lesson 4)"),
+    "text2image": ModelSpec(path=MODELS_DIR / "tiny-shapes-sd", kind="pipeline",
+                            title="Tiny Stable Diffusion of coloured shapes (lesson 5)"),
 }
-DENOISER = "denoiser"
-DENOISER_PATH = MODELS_DIR / "photo-denoiser"  # lesson 4, see diffusion.lessons.denoising.denoiser
-REQUIRED_FILES = ("unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                  "scheduler/scheduler_config.json")
+DENOISER, T2I = "denoiser", "text2image"
 
 
 class ModelUnavailable(InputError):
@@ -63,29 +89,73 @@ class ModelUnavailable(InputError):
 
 _cache: dict[tuple[str, str, str], Any] = {}
 _failed: dict[tuple[str, str], str] = {}
+_hub: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
 
 
-def _spec(name: str) -> ModelSpec:
+def spec(name: str) -> ModelSpec:
+    """The table's entry ``name``; ``InputError("bad_choice")`` for an unknown one."""
     if name not in MODELS:
         raise InputError("bad_choice", "model must be one of: {choices} (got {value}).",
                          choices=", ".join(MODELS), value=str(name)[:40])
     return MODELS[name]
 
 
-def _missing_file(path: Path) -> str | None:
-    for relative in REQUIRED_FILES:
-        if not (path / relative).is_file():
-            return f"{relative} is missing"
-    return None
+def missing_file(path: Path, files: tuple[str, ...] = UNET_FILES) -> str | None:
+    """The first of ``files`` that ``path`` lacks, as a reason, or None."""
+    return next((f"{name} is missing" for name in files if not (Path(path) / name).is_file()), None)
 
 
 def available(name: str) -> bool:
     """Whether ``name`` is registered, has all its files and has not failed to load. Loads nothing."""
     if name not in MODELS:
         return False
-    spec = MODELS[name]
-    return _missing_file(spec.path) is None and (name, str(spec.path)) not in _failed
+    entry = MODELS[name]
+    return missing_file(entry.path, entry.required_files) is None and (name, str(entry.path)) not in _failed
+
+
+def denoiser_available() -> bool:
+    """:func:`available` for lesson 4's denoiser."""
+    return available(DENOISER)
+
+
+def text2image_available() -> bool:
+    """:func:`available` for lesson 5's embedded pipeline."""
+    return available(T2I)
+
+
+def load(name: str, device: torch.device | str, build: Callable[[Path, torch.device], Any]) -> Any:
+    """``build(folder, device)`` for the registered model ``name``, once per (name, folder, device).
+
+    Args:
+        name: A key of :data:`MODELS`.
+        device: Where the model runs; each device gets its own cached copy.
+        build: Makes the object from a complete folder; any exception it raises means
+            the folder is corrupt.
+
+    Raises:
+        ModelUnavailable: The folder is missing, incomplete or corrupt (remembered, see :func:`available`).
+    """
+    entry, device = spec(name), torch.device(device)
+    key = (name, str(entry.path), str(device))
+    with _lock:  # one load at a time: a second caller waits and then finds it cached
+        if key not in _cache:
+            try:
+                missing = missing_file(entry.path, entry.required_files)
+                if missing:
+                    raise ModelUnavailable(name, entry.path, missing)
+                try:
+                    _cache[key] = build(entry.path, device)
+                except ModelUnavailable:
+                    raise
+                except Exception as error:  # JSON, safetensors, shape or config errors: a corrupt folder
+                    why = "" if isinstance(error, InputError) else f" ({type(error).__name__})"
+                    raise ModelUnavailable(name, entry.path, f"it could not be loaded{why}") from error
+            except ModelUnavailable as error:
+                _failed[(name, str(entry.path))] = str(error)
+                raise
+            _failed.pop((name, str(entry.path)), None)
+        return _cache[key]
 
 
 def load_unet_folder(path: str | Path, device: torch.device | str = "cpu", *,
@@ -105,7 +175,7 @@ def load_unet_folder(path: str | Path, device: torch.device | str = "cpu", *,
         ModelUnavailable: The folder is missing, incomplete, unreadable or does not match ``spec``.
     """
     path = Path(path)
-    missing = _missing_file(path)
+    missing = missing_file(path)
     if missing:
         raise ModelUnavailable(name, path, missing)
     try:
@@ -118,18 +188,14 @@ def load_unet_folder(path: str | Path, device: torch.device | str = "cpu", *,
     if spec is not None:
         expected = {"sample_size": spec.image_size, "in_channels": spec.in_channels,
                     "num_class_embeds": spec.num_class_embeds}
-        wrong = {k: unet.config.get(k) for k, v in expected.items() if unet.config.get(k) != v}
+        wrong = {k: unet.config.get(k) for k, v in expected.items() if v and unet.config.get(k) != v}
         if wrong:
             raise ModelUnavailable(name, path, f"its configuration does not fit this lesson ({wrong})")
     return unet.to(torch.device(device)).eval().requires_grad_(False), scheduler_config
 
 
 def load_unet_model(name: str, device: torch.device | str = "cpu") -> tuple[UNet2DModel, Any]:
-    """The registered model ``name`` on ``device``, loaded once and then shared.
-
-    Args:
-        name: A key of :data:`MODELS`.
-        device: Where the model runs; each device gets its own cached copy.
+    """The registered ``unet2d`` model ``name`` on ``device``, loaded once and then shared.
 
     Returns:
         ``(unet, scheduler_config)``. Treat the model as read-only: callers share it.
@@ -138,82 +204,8 @@ def load_unet_model(name: str, device: torch.device | str = "cpu") -> tuple[UNet
         ModelUnavailable: The folder is missing or corrupt (remembered, see :func:`available`).
         InputError: ``bad_choice`` for an unknown name.
     """
-    spec = _spec(name)
-    device = torch.device(device)
-    return _load_once(name, spec.path, device, lambda: load_unet_folder(spec.path, device, name=name, spec=spec))
-
-
-def _load_once(name: str, path: Path, device: torch.device, load: Any) -> Any:
-    """``load()`` once per (name, folder, device), cached; a :class:`ModelUnavailable` is remembered."""
-    key = (name, str(path), str(device))
-    with _lock:  # one load at a time: a second caller waits and then finds it cached
-        if key not in _cache:
-            try:
-                _cache[key] = load()
-            except ModelUnavailable as error:
-                _failed[(name, str(path))] = str(error)
-                raise
-            _failed.pop((name, str(path)), None)
-        return _cache[key]
-
-
-def clear_cache() -> None:
-    """Forget loaded models and remembered failures (after replacing a model folder)."""
-    with _lock:
-        _cache.clear()
-        _hub.clear()
-        _failed.clear()
-
-
-def _missing_denoiser_file(path: Path) -> str | None:
-    return _missing_file(path) or (None if (path / "denoiser.json").is_file() else "denoiser.json is missing")
-
-
-def denoiser_available(path: Path | None = None) -> bool:
-    """Whether lesson 4's denoiser folder is complete and has not failed to load. Loads nothing."""
-    path = Path(path or DENOISER_PATH)
-    return _missing_denoiser_file(path) is None and (DENOISER, str(path)) not in _failed
-
-
-def load_denoiser(device: torch.device | str = "cpu", path: Path | None = None) -> DiffusionDenoiser:
-    """Lesson 4's :class:`~diffusion.lessons.denoising.denoiser.DiffusionDenoiser`, loaded once per device and shared.
-
-    Raises:
-        ModelUnavailable: The folder is missing, incomplete or corrupt (remembered).
-    """
-    path = Path(path or DENOISER_PATH)
-    device = torch.device(device)
-
-    def load() -> DiffusionDenoiser:
-        missing = _missing_denoiser_file(path)
-        if missing:
-            raise ModelUnavailable(DENOISER, path, missing)
-        try:
-            return DiffusionDenoiser.from_folder(path, device)
-        except Exception as error:  # JSON, safetensors, shape or config errors: a corrupt folder
-            raise ModelUnavailable(DENOISER, path, f"it could not be loaded ({type(error).__name__})") from error
-
-    return _load_once(DENOISER, path, device, load)
-
-
-# Lesson 5: the embedded text-to-image pipeline, and at most one hub pipeline at a time.
-T2I = "text2image"
-T2I_PATH = MODELS_DIR / "tiny-shapes-sd"
-T2I_REQUIRED_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json",
-                      "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
-                      "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
-                      "vae/diffusion_pytorch_model.safetensors")
-_hub: dict[tuple[str, str], Any] = {}
-
-
-def _missing_t2i_file(path: Path) -> str | None:
-    return next((f"{name} is missing" for name in T2I_REQUIRED_FILES if not (path / name).is_file()), None)
-
-
-def text2image_available(path: Path | None = None) -> bool:
-    """Whether the embedded text-to-image folder is complete and has not failed to load. Loads nothing."""
-    path = Path(path or T2I_PATH)
-    return _missing_t2i_file(path) is None and (T2I, str(path)) not in _failed
+    entry = spec(name)
+    return load(name, device, lambda path, dev: load_unet_folder(path, dev, name=name, spec=entry))
 
 
 def load_text2image(ref: str | Path | None = None, device: torch.device | str = "cpu", offline: bool = False) -> Any:
@@ -226,24 +218,24 @@ def load_text2image(ref: str | Path | None = None, device: torch.device | str = 
         ModelUnavailable: The embedded folder is missing or corrupt (remembered).
         InputError: ``model_load_failed`` for another model that cannot be loaded.
     """
-    from diffusion.lessons.text2image import pipeline as text2image  # diffusers' pipeline classes load slowly: only when needed
+    from diffusion.models.pipelines import load_pipeline  # diffusers' pipeline classes load slowly
 
     device = torch.device(device)
-    if ref is None or Path(ref) == T2I_PATH:
-        def load() -> Any:
-            missing = _missing_t2i_file(T2I_PATH)
-            if missing:
-                raise ModelUnavailable(T2I, T2I_PATH, missing)
-            try:
-                return text2image.load_pipeline(str(T2I_PATH), device, offline=True)
-            except InputError as error:
-                raise ModelUnavailable(T2I, T2I_PATH, "it could not be loaded") from error
-        return _load_once(T2I, T2I_PATH, device, load)
+    if ref is None or Path(ref) == MODELS[T2I].path:
+        return load(T2I, device, lambda path, dev: load_pipeline(str(path), dev, offline=True))
     key = (str(ref), str(device))
     with _lock:
         if key not in _hub:
             _hub.clear()  # drop the previous big model before loading the next one
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            _hub[key] = text2image.load_pipeline(str(ref), device, offline=offline)
+            _hub[key] = load_pipeline(str(ref), device, offline=offline)
         return _hub[key]
+
+
+def clear_cache() -> None:
+    """Forget loaded models and remembered failures (after replacing a model folder)."""
+    with _lock:
+        _cache.clear()
+        _hub.clear()
+        _failed.clear()

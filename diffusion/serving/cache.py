@@ -69,12 +69,12 @@ class LRUCache:
 class PictureFiles:
     """Output pictures as PNG files, each encoded once and kept while it is likely to come back.
 
-    gradio encodes every numpy output picture to PNG at zlib level 6 on every request,
-    about 7–18 ms for a 256×256 picture. Lesson 2 sends ten pictures per slider move,
-    and eight of them (the noise ε and the strip along t) do not depend on t at all.
-    Here a picture is made and encoded (level 1: a few per cent larger, 2–4× faster) the
-    first time its key is seen, and later requests get the same file; gradio then only
-    hashes and copies it. The key must name everything the pixels depend on.
+    gradio encodes every numpy output picture to PNG at zlib level 6 on every request.
+    Lesson 2 sends ten pictures per slider move, and eight of them (the noise ε and the
+    strip along t) do not depend on t at all. Here a picture is made and encoded (level 1:
+    a few per cent larger, much faster) the first time its key is seen, and later requests
+    get the same file; gradio then only hashes and copies it. The key must name everything
+    the pixels depend on.
 
     At most ``capacity`` files are kept; the least recently used is deleted first. The
     folder is private to this process and removed at exit.

@@ -3,9 +3,9 @@
 Matplotlib holds Python's interpreter lock while it draws, so in one server process
 every figure of every student is drawn one at a time, however many cores the
 machine has: on a 2-core CPU two threads drawing heat figures side by side took as
-long as one thread drawing them in turn (0.32 against 0.34 s per run). A classroom
+long as one thread drawing them in turn. A classroom
 then waits on the lock while a core sits idle. :class:`RenderPool` keeps a few
-small worker processes (``python -m diffusion.render_worker``, about 100 MB each:
+small worker processes (``python -m diffusion.serving.render_pool``, each with only
 numpy and matplotlib, no torch, no web server) that draw in parallel.
 
 The protocol is one JSON object per line on the worker's stdin and stdout; no
@@ -34,7 +34,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from diffusion.lessons.heat import solver as heat
+from diffusion.lessons import heat
 from diffusion.lessons.heat import figures as heat_plots
 from diffusion.lessons.noising import figures as noising_plots
 
@@ -56,7 +56,7 @@ def data_url(png: bytes) -> str:
 def png_data_url(figure: Figure) -> str:
     """``figure`` as a PNG data URL, as gradio's Plot component sends a matplotlib figure.
 
-    zlib level 1 instead of 6: about 4 ms less per figure, for files about 9 % larger.
+    zlib level 1 instead of 6: faster to encode, for files a little larger.
     """
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", pil_kwargs={"compress_level": 1})
@@ -81,7 +81,7 @@ def histogram_picture(histogram: dict[str, Any], t: int, text: dict[str, str]) -
     """Lesson 2's pixel histogram (from :func:`noising_plots.histogram_data`) as a PNG data URL.
 
     The schedule figure is not drawn here: it needs torch to build the schedules, and
-    the server redraws only its t marker (about 20 ms) anyway.
+    the server redraws only its t marker anyway.
     """
     return [png_data_url(noising_plots.draw_histogram(histogram, t, text))]
 
@@ -186,7 +186,7 @@ class RenderPool:
 
     def start(self) -> None:
         """Start the workers now (otherwise the first request does). Their imports run in the
-        new processes, so this returns at once; the first drawing waits for them (about 1 s)."""
+        new processes, so this returns at once; the first drawing waits for them."""
         with self._lock:
             if self._started:
                 return
@@ -206,7 +206,7 @@ class RenderPool:
 
         With ``wait=False`` it returns None at once when every worker is busy: a figure
         that takes tens of milliseconds is drawn sooner in the caller's process than
-        after the heat-equation runs queued ahead of it (about 0.3 s each).
+        after the heat-equation runs queued ahead of it.
         """
         if self.workers == 0:
             return None

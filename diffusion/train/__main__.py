@@ -1,8 +1,8 @@
-"""``python -m diffusion.train``."""
+"""``python -m diffusion.train``: see :mod:`diffusion.train.cli`."""
 
 import sys
 
-from diffusion.train.loop import main
+from diffusion.train.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -38,9 +38,11 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from PIL import Image
+from tqdm import tqdm
 
+from diffusion import cli
 from diffusion.datasets import digits as data
-from diffusion.train import loop as train
+from diffusion.errors import InputError
 from diffusion.models.denoiser_net import (
     SIGMA_MAX_255,
     NoiseLevels,
@@ -49,8 +51,8 @@ from diffusion.models.denoiser_net import (
     sigma_to_model,
     tweedie,
 )
-from diffusion.errors import InputError
 from diffusion.schedule import make_scheduler
+from diffusion.train import loop
 
 TEST_SET_NAMES = ("bsd68", "cbsd68", "set12", "set14", "kodak24", "mcmaster", "urban100", "mcmaster18")
 SCALES = (1.0, 0.9, 0.8, 0.7)  # DnCNN's training scales (Zhang et al. 2017)
@@ -145,7 +147,7 @@ def validate(unet: UNet2DModel, levels: NoiseLevels, images: list[np.ndarray], s
 def export_denoiser(unet: UNet2DModel, scheduler: DDPMScheduler, out: Path, info_file: Path,
                     sigma_max_255: float) -> None:
     """Save ``unet/`` + ``scheduler/`` (safetensors) plus ``denoiser.json`` and ``train_info.json``."""
-    train.export(unet, scheduler, out, info_file)
+    loop.export(unet, scheduler, out, info_file)
     (out / "denoiser.json").write_text(json.dumps({
         "kind": "noise-conditional denoiser", "channels": 1, "sigma_max_255": sigma_max_255,
         "timesteps": "continuous tau in [-1, T-1], log(alpha_bar) linear between integer timesteps",
@@ -154,7 +156,7 @@ def export_denoiser(unet: UNet2DModel, scheduler: DDPMScheduler, out: Path, info
 
 def run_denoiser(args: argparse.Namespace) -> int:
     """Train (or resume) the denoiser; see the module docstring."""
-    device, run_dir, settings, checkpoint = train.prepare_run(args, RUN_KEYS)
+    device, run_dir, settings, checkpoint = loop.prepare_run(args, RUN_KEYS)
     images, names = load_grey_folder(args.data_dir)
     if args.val_images >= len(images):
         raise InputError("val_images", "--val-images must be smaller than the {n} images.", n=len(images))
@@ -177,7 +179,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
         except RuntimeError:
             raise InputError("init_mismatch", "{path} is not a denoiser with these --channels, "
                              "--layers-per-block and --unshuffle.", path=str(args.init)) from None
-    ema = train.EMA(unet, args.ema_decay)
+    ema = loop.EMA(unet, args.ema_decay)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
     scheduler = make_scheduler("linear", 1000)
@@ -186,17 +188,17 @@ def run_denoiser(args: argparse.Namespace) -> int:
         raise InputError("sigma_max", "--sigma-max is beyond the schedule's noisiest level.")
     n_params = sum(p.numel() for p in unet.parameters())
     base_info = {"task": "denoiser", "seed": args.seed, "settings": settings, "parameters": n_params,
-                 "weights_mb_fp32": round(n_params * 4 / 1e6, 2), "hardware": train.hardware_info(device),
+                 "weights_mb_fp32": round(n_params * 4 / 1e6, 2), "hardware": loop.hardware_info(device),
                  "unet_config": dict(unet.config), "scheduler_config": dict(scheduler.config),
                  "data": {"name": Path(args.data_dir).resolve().name, "images": len(images),
                           "train": len(train_idx), "validation": len(val_idx), "init": args.init,
                           "patches_per_step": args.batch_size, "patch": args.patch}}
 
     def one_step(step: int) -> float:
-        generator = train.step_generator(args.seed, step)
+        generator = loop.step_generator(args.seed, step)
         rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, step]))
         x0 = sampler.sample(args.batch_size, rng).to(device)
-        return train.optimise(unet, ema, optimizer, lr_schedule,
+        return loop.optimise(unet, ema, optimizer, lr_schedule,
                               denoiser_loss(unet, levels, x0, args.sigma_max, generator), step, args.grad_clip)
 
     def periodic(step: int) -> None:
@@ -204,9 +206,9 @@ def run_denoiser(args: argparse.Namespace) -> int:
         line = json.dumps({"step": step, **scores})
         with open(run_dir / "validation.jsonl", "a") as log:
             log.write(line + "\n")
-        train.tqdm.write("validation (EMA) " + line)
+        tqdm.write("validation (EMA) " + line)
 
-    return train.run_loop(args, run_dir, checkpoint, unet, ema, optimizer, lr_schedule, settings, base_info,
+    return loop.run_loop(args, run_dir, checkpoint, unet, ema, optimizer, lr_schedule, settings, base_info,
                           one_step, periodic if val_idx else None, args.validate_every,
                           lambda out: export_denoiser(ema.model, scheduler, out, run_dir / "train_info.json",
                                                       args.sigma_max))
@@ -217,21 +219,21 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "denoiser", help="noise-conditional photo denoiser (lesson 4)",
         description="Train a noise-conditional diffusion denoiser on grey image patches.")
-    train._add_common(parser)
+    loop.add_run_options(parser)
     parser.set_defaults(steps=8000, batch_size=16, lr=1e-3, warmup=200, log_every=100, checkpoint_every=250)
     parser.add_argument("--data-dir", required=True, help="folder of training images, e.g. BSD400")
-    parser.add_argument("--channels", type=train._channels, default=(32, 64, 128),
+    parser.add_argument("--channels", type=cli.channels, default=(32, 64, 128),
                         help="UNet widths (default 32,64,128)")
-    parser.add_argument("--layers-per-block", type=train._positive_int, default=1, help="default 1")
+    parser.add_argument("--layers-per-block", type=cli.positive_int, default=1, help="default 1")
     parser.add_argument("--unshuffle", type=int, choices=(1, 2, 4), default=2,
                         help="pixel-unshuffle factor: the network runs at 1/r resolution (default 2)")
     parser.add_argument("--patch", type=int, default=96, help="training patch side, a multiple of 32 (default 96)")
     parser.add_argument("--sigma-max", type=float, default=SIGMA_MAX_255,
                         help=f"highest training noise level on the 0-255 scale (default {SIGMA_MAX_255:g})")
-    parser.add_argument("--val-images", type=train._non_negative_int, default=10,
+    parser.add_argument("--val-images", type=cli.non_negative_int, default=10,
                         help="images held out for validation (default 10)")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out choice (default 0)")
     parser.add_argument("--init", help="start from the weights of an exported denoiser folder (fine-tuning)")
-    parser.add_argument("--validate-every", type=train._non_negative_int, default=500,
+    parser.add_argument("--validate-every", type=cli.non_negative_int, default=500,
                         help="steps between validations; 0: none (default 500)")
     parser.set_defaults(func=run_denoiser)

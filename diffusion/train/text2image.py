@@ -5,8 +5,9 @@ Usage::
     python -m diffusion.train text2image --out runs/text2image [--steps 6000] [--vae-steps 2500] \\
         [--export assets/models/tiny-shapes-sd]
 
-Every part of a latent diffusion model (Rombach et al. 2022) is built here and
-trained from scratch on :mod:`diffusion.datasets.shapes` scenes, all regenerated from ``--seed``:
+Every part of a latent diffusion model (Rombach et al. 2022), as
+:mod:`diffusion.models.tiny_sd` builds it, is trained here from scratch on
+:mod:`diffusion.datasets.shapes` scenes, all regenerated from ``--seed``:
 
 0. **Tokenizer.** A byte-pair encoding learned (with the ``tokenizers`` library) on
    the scene vocabulary, saved as a CLIP tokenizer: every known word is one token,
@@ -45,7 +46,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import string
 from pathlib import Path
 from typing import Any
@@ -53,16 +53,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from tqdm import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
 
+from diffusion import cli
 from diffusion.datasets import shapes
-from diffusion.train import loop as train
 from diffusion.errors import InputError
+from diffusion.models.tiny_sd import MAX_TOKENS, build_text_encoder, build_tokenizer, build_unet, build_vae
+from diffusion.train import loop
 
-MAX_TOKENS = 24  # longest caption is 14 tokens with its start and end marks
 # Noise schedules by name. Stable Diffusion's "scaled_linear" keeps sqrt(ᾱ_T) = 0.068 of the
 # picture at t = T: in training a model can read the layout from that leftover signal, but
 # sampling starts from pure noise, where it is not there (Lin et al. 2024 describe this at
@@ -72,89 +73,6 @@ SCHEDULES = {"linear": {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule":
 RUN_KEYS = ("channels", "text_width", "text_layers", "vae_channels", "latent_channels", "vae_steps",
             "vae_batch_size", "kl_weight", "shape_weight", "scenes", "batch_size", "lr", "warmup", "seed", "caption_drop", "empty_caption",
             "junk_word", "ema_decay", "weight_decay", "grad_clip")
-
-
-def build_tokenizer(folder: Path) -> CLIPTokenizer:
-    """Learn a BPE on the scene vocabulary and save it as a CLIP tokenizer in ``folder``.
-
-    The 26 letters (alone and word-final) are in the vocabulary too, so any
-    lower-case word can be spelled; other characters become the unknown token.
-    """
-    letters = list(string.ascii_lowercase)
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=4096, min_frequency=1, initial_alphabet=letters,
-                                  end_of_word_suffix="</w>", show_progress=False)
-    bpe.train_from_iterator([" ".join(shapes.vocabulary())], trainer)
-    model = json.loads(bpe.to_str())["model"]
-    tokens = sorted(model["vocab"], key=model["vocab"].get)
-    tokens += [c + "</w>" for c in letters if c + "</w>" not in model["vocab"]]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, indent=0))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in model["merges"]))
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=MAX_TOKENS)
-    for word in shapes.vocabulary():  # the point of the exercise: one token per known word
-        if len(tokenizer(word).input_ids) != 3:
-            raise RuntimeError(f"the tokenizer splits the vocabulary word {word!r}")
-    return tokenizer
-
-
-def build_text_encoder(tokenizer: CLIPTokenizer, width: int = 64, layers: int = 3) -> CLIPTextModel:
-    """A small CLIP text transformer (causal self-attention, as in CLIP and SD)."""
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
-                            num_hidden_layers=layers, num_attention_heads=max(1, width // 32),
-                            max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return CLIPTextModel(config)
-
-
-def norm_groups(channels: tuple[int, ...]) -> int:
-    """GroupNorm groups with at least 4 channels each (at most 8 groups).
-
-    One channel per group would normalise every channel's spatial mean away: a flat
-    background colour could then pass only through the skip connections, and the
-    decoder's last norm could not put it back at all.
-    """
-    common = math.gcd(*channels)
-    return max(g for g in range(1, 9) if g == 1 or (common % g == 0 and common // g >= 4))
-
-
-def build_vae(channels: tuple[int, ...] = (16, 32, 64, 64), latent_channels: int = 8) -> AutoencoderKL:
-    """``AutoencoderKL`` halving the side once per extra entry of ``channels``: 64 → 8 for four."""
-    n = len(channels)
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * n,
-                         up_block_types=("UpDecoderBlock2D",) * n, block_out_channels=channels,
-                         layers_per_block=1, latent_channels=latent_channels, norm_num_groups=norm_groups(channels),
-                         sample_size=shapes.IMAGE_SIZE)
-
-
-def build_unet(channels: tuple[int, ...], cross_attention_dim: int, sample_size: int,
-               latent_channels: int = 8, head_dim: int = 32, pooled_text: bool = True) -> UNet2DConditionModel:
-    """The latent denoiser: cross-attention to the text at every resolution but the lowest.
-
-    Attention heads are ``head_dim`` wide (diffusers' ``attention_head_dim`` argument
-    is, for historical reasons, the number of heads per block). Eight heads of 4
-    channels each, as at 32 channels with diffusers' default of 8, could barely
-    pick single words out of the caption: the first run learnt the colour and
-    ignored every word after the fourth.
-
-    ``pooled_text`` also adds an attention-pooled summary of the caption to the
-    timestep embedding (diffusers' ``addition_embed_type="text"``), so every ResNet
-    block is conditioned on the words, as a class label conditions the digit model,
-    not only the attention layers.
-    """
-    n = len(channels)
-    heads = tuple(max(1, c // head_dim) for c in channels)
-    return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
-        block_out_channels=channels,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        layers_per_block=1, cross_attention_dim=cross_attention_dim, attention_head_dim=heads,
-        norm_num_groups=norm_groups(channels),
-        **({"addition_embed_type": "text", "addition_embed_type_num_heads": max(1, cross_attention_dim // head_dim)}
-           if pooled_text else {}))
 
 
 def training_caption(scene: shapes.Scene, rng: np.random.Generator, args: argparse.Namespace) -> str:
@@ -231,6 +149,21 @@ def _stage_args(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
     return stage
 
 
+class _KeepOnExport:
+    """The ``export_to`` of an autoencoder stage: save the EMA model and hand it to the next stage.
+
+    :func:`~diffusion.train.loop.run_loop` exports only when the stage finished, so
+    ``model`` stays None when the run paused.
+    """
+
+    def __init__(self, ema: loop.EMA) -> None:
+        self.ema, self.model = ema, None
+
+    def __call__(self, out: Path) -> None:
+        self.ema.model.save_pretrained(out, safe_serialization=True)
+        self.model = self.ema.model
+
+
 def train_vae(args: argparse.Namespace, run_dir: Path, device: torch.device, settings: dict[str, Any],
               base_info: dict[str, Any]) -> tuple[int, AutoencoderKL | None]:
     """Stage 1 in ``run_dir/vae``: the exit status and the EMA autoencoder (None if the run paused).
@@ -241,26 +174,21 @@ def train_vae(args: argparse.Namespace, run_dir: Path, device: torch.device, set
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     vae = build_vae(args.vae_channels, args.latent_channels).to(device)
-    ema = train.EMA(vae, args.ema_decay)
+    ema = loop.EMA(vae, args.ema_decay)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(args.warmup, args.vae_steps // 10), args.vae_steps)
-    checkpoint = train.find_checkpoint(folder) if args.resume else None
+    checkpoint = loop.find_checkpoint(folder) if args.resume else None
 
     def one_step(step: int) -> float:
         x, weight = scene_batch(args, 1, step, device)
-        loss = vae_loss(vae, x, args.kl_weight, train.step_generator(args.seed, step), weight)
-        return train.optimise(vae, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
+        loss = vae_loss(vae, x, args.kl_weight, loop.step_generator(args.seed, step), weight)
+        return loop.optimise(vae, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
 
-    finished: list[AutoencoderKL] = []
-
-    def keep(out: Path) -> None:
-        ema.model.save_pretrained(out, safe_serialization=True)
-        finished.append(ema.model)
-
-    status = train.run_loop(_stage_args(args, steps=args.vae_steps, export=str(folder / "model")), folder,
+    keep = _KeepOnExport(ema)
+    status = loop.run_loop(_stage_args(args, steps=args.vae_steps, export=str(folder / "model")), folder,
                             checkpoint, vae, ema, optimizer, lr_schedule, settings, dict(base_info, stage="vae"),
                             one_step, None, 0, keep)
-    return status, (finished[0] if finished else None)
+    return status, keep.model
 
 
 DECODER_KEYS = ("decoder_steps", "decoder_lr")  # stage 1b; the UNet stage does not depend on them
@@ -285,29 +213,24 @@ def train_decoder(args: argparse.Namespace, run_dir: Path, device: torch.device,
     trainable = [*refined.decoder.parameters(), *refined.post_quant_conv.parameters()]
     for parameter in trainable:
         parameter.requires_grad_(True)
-    ema = train.EMA(refined, args.ema_decay)
+    ema = loop.EMA(refined, args.ema_decay)
     optimizer = torch.optim.AdamW(trainable, lr=args.decoder_lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, min(100, args.decoder_steps // 10), args.decoder_steps)
-    checkpoint = train.find_checkpoint(folder) if args.resume else None
+    checkpoint = loop.find_checkpoint(folder) if args.resume else None
 
     def one_step(step: int) -> float:
         x, weight = scene_batch(args, 3, step, device)
         with torch.no_grad():  # the encoder is frozen
-            z = sample_latent(refined.encode(x).latent_dist, train.step_generator(args.seed + 3, step))
+            z = sample_latent(refined.encode(x).latent_dist, loop.step_generator(args.seed + 3, step))
         loss = weighted_l1(refined.decode(z).sample, x, weight)
-        return train.optimise(refined, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
+        return loop.optimise(refined, ema, optimizer, lr_schedule, loss, step, args.grad_clip)
 
-    finished: list[AutoencoderKL] = []
-
-    def keep(out: Path) -> None:
-        ema.model.save_pretrained(out, safe_serialization=True)
-        finished.append(ema.model)
-
+    keep = _KeepOnExport(ema)
     stage_settings = dict(settings, **{key: getattr(args, key) for key in DECODER_KEYS})
-    status = train.run_loop(_stage_args(args, steps=args.decoder_steps, export=str(folder / "model")), folder,
+    status = loop.run_loop(_stage_args(args, steps=args.decoder_steps, export=str(folder / "model")), folder,
                             checkpoint, refined, ema, optimizer, lr_schedule, stage_settings,
                             dict(base_info, stage="decoder", settings=stage_settings), one_step, None, 0, keep)
-    return status, (finished[0] if finished else None)
+    return status, keep.model
 
 
 @torch.no_grad()
@@ -323,13 +246,13 @@ def encode_scenes(vae: AutoencoderKL, images: np.ndarray, device: torch.device) 
 
 def run_text2image(args: argparse.Namespace) -> int:
     """Train (or resume) both stages and optionally export the pipeline; see the module docstring."""
-    device, run_dir, settings, _ = train.prepare_run(args, RUN_KEYS)
-    if not args.resume and any(train.find_checkpoint(run_dir / stage) for stage in ("vae", "decoder", "diffusion")):
+    device, run_dir, settings, _ = loop.prepare_run(args, RUN_KEYS)
+    if not args.resume and any(loop.find_checkpoint(run_dir / stage) for stage in ("vae", "decoder", "diffusion")):
         raise InputError("run_exists", "{path} already holds a checkpoint: add --resume or choose another --out.",
                          path=str(run_dir))
     tokenizer = build_tokenizer(run_dir / "tokenizer-files")
     base_info = {"task": "text2image", "seed": args.seed, "settings": settings,
-                 "hardware": train.hardware_info(device),
+                 "hardware": loop.hardware_info(device),
                  "data": {"kind": "procedural scenes (diffusion.datasets.shapes)", "image_size": shapes.IMAGE_SIZE,
                           "heldout_colour_shape": sorted(map(list, shapes.HELDOUT_COLOUR_SHAPE)),
                           "heldout_shape_position": sorted(map(list, shapes.HELDOUT_SHAPE_POSITION))}}
@@ -346,21 +269,21 @@ def run_text2image(args: argparse.Namespace) -> int:
     mean, std = encode_scenes(vae, images, device)
     scale = float(1.0 / mean.std())
     decoder_vae.register_to_config(scaling_factor=scale)  # the same encoder as ``vae``, so the same latents
-    train.tqdm.write(f"latents: {tuple(mean.shape[1:])}, scaling factor {scale:.4f}")
+    tqdm.write(f"latents: {tuple(mean.shape[1:])}, scaling factor {scale:.4f}")
 
     torch.manual_seed(args.seed + 1)
     text_encoder = build_text_encoder(tokenizer, args.text_width, args.text_layers)
     unet = build_unet(args.channels, args.text_width, mean.shape[-1], args.latent_channels, args.head_dim,
                       args.pooled_text)
     model = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).to(device)
-    ema = train.EMA(model, args.ema_decay)
+    ema = loop.EMA(model, args.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup, args.steps)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=args.prediction_type,
                                     **SCHEDULES[args.beta_schedule])
     folder = run_dir / "diffusion"
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = train.find_checkpoint(folder) if args.resume else None
+    checkpoint = loop.find_checkpoint(folder) if args.resume else None
     counts = {name: sum(p.numel() for p in part.parameters())
               for name, part in (("unet", unet), ("text_encoder", text_encoder), ("vae", decoder_vae))}
     info = dict(base_info, stage="diffusion", parameters=counts, latent_scaling_factor=scale,
@@ -369,7 +292,7 @@ def run_text2image(args: argparse.Namespace) -> int:
                 text_encoder_config=text_encoder.config.to_dict(), scheduler_config=dict(noise_scheduler.config))
 
     def one_step(step: int) -> float:
-        generator = train.step_generator(args.seed, step)
+        generator = loop.step_generator(args.seed, step)
         rng = np.random.default_rng(np.random.SeedSequence([args.seed, 2, step]))
         index = torch.from_numpy(rng.integers(0, len(scenes), size=args.batch_size))
         z0 = (mean[index] + std[index] * torch.randn(std[index].shape, generator=generator)) * scale
@@ -380,7 +303,7 @@ def run_text2image(args: argparse.Namespace) -> int:
         hidden = encode_text(tokenizer, model["text_encoder"], captions, device)
         prediction = model["unet"](noise_scheduler.add_noise(z0, noise, t), t, encoder_hidden_states=hidden).sample
         target = noise if args.prediction_type == "epsilon" else noise_scheduler.get_velocity(z0, noise, t)
-        return train.optimise(model, ema, optimizer, lr_schedule, F.mse_loss(prediction, target), step, args.grad_clip)
+        return loop.optimise(model, ema, optimizer, lr_schedule, F.mse_loss(prediction, target), step, args.grad_clip)
 
     def export(out: Path) -> None:
         pipe = StableDiffusionPipeline(
@@ -396,7 +319,7 @@ def run_text2image(args: argparse.Namespace) -> int:
 
     stage_settings = dict(settings, **{key: getattr(args, key) for key in UNET_KEYS})
     info["settings"] = stage_settings
-    return train.run_loop(args, folder, checkpoint, model, ema, optimizer, lr_schedule, stage_settings, info,
+    return loop.run_loop(args, folder, checkpoint, model, ema, optimizer, lr_schedule, stage_settings, info,
                           one_step, None, 0, export)
 
 
@@ -405,11 +328,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "text2image", help="tiny Stable Diffusion on captioned shapes (lesson 5)",
         description="Train a tokenizer, VAE, text encoder and latent UNet from scratch on generated scenes.")
-    train._add_common(parser)
+    loop.add_run_options(parser)
     parser.set_defaults(steps=6000, batch_size=64, lr=1e-3, warmup=200, checkpoint_every=250, func=run_text2image)
-    parser.add_argument("--channels", type=train._channels, default=(32, 64, 64),
+    parser.add_argument("--channels", type=cli.channels, default=(32, 64, 64),
                         help="UNet widths (default 32,64,64)")
-    parser.add_argument("--head-dim", type=train._positive_int, default=32,
+    parser.add_argument("--head-dim", type=cli.positive_int, default=32,
                         help="UNet attention head width (default 32)")
     parser.add_argument("--beta-schedule", choices=sorted(SCHEDULES), default="linear",
                         help="noise schedule of the UNet stage (default linear, DDPM's; scaled_linear is SD's)")
@@ -419,24 +342,24 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-pooled-text", dest="pooled_text", action="store_false",
                         help="condition the UNet through cross-attention only (default: also a pooled caption "
                              "embedding added to the timestep embedding)")
-    parser.add_argument("--text-width", type=train._positive_int, default=64, help="text encoder width (default 64)")
-    parser.add_argument("--text-layers", type=train._positive_int, default=3, help="text encoder layers (default 3)")
-    parser.add_argument("--vae-channels", type=train._channels, default=(16, 32, 64, 64),
+    parser.add_argument("--text-width", type=cli.positive_int, default=64, help="text encoder width (default 64)")
+    parser.add_argument("--text-layers", type=cli.positive_int, default=3, help="text encoder layers (default 3)")
+    parser.add_argument("--vae-channels", type=cli.channels, default=(16, 32, 64, 64),
                         help="VAE widths; 4 entries = 8× smaller latents (default 16,32,64,64)")
-    parser.add_argument("--latent-channels", type=train._positive_int, default=8, help="latent channels (default 8)")
-    parser.add_argument("--vae-steps", type=train._positive_int, default=4000, help="VAE steps (default 4000)")
-    parser.add_argument("--vae-batch-size", type=train._positive_int, default=16, help="default 16")
+    parser.add_argument("--latent-channels", type=cli.positive_int, default=8, help="latent channels (default 8)")
+    parser.add_argument("--vae-steps", type=cli.positive_int, default=4000, help="VAE steps (default 4000)")
+    parser.add_argument("--vae-batch-size", type=cli.positive_int, default=16, help="default 16")
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="VAE KL weight (default 1e-4)")
-    parser.add_argument("--decoder-steps", type=train._non_negative_int, default=3000,
+    parser.add_argument("--decoder-steps", type=cli.non_negative_int, default=3000,
                         help="decoder-only steps after the VAE, encoder frozen (default 3000; 0 = none)")
     parser.add_argument("--decoder-lr", type=float, default=3e-4, help="decoder stage learning rate (default 3e-4)")
     parser.add_argument("--shape-weight", type=float, default=10.0,
                         help="VAE loss weight of the shape's pixels against the background's (default 10)")
-    parser.add_argument("--scenes", type=train._positive_int, default=20000,
+    parser.add_argument("--scenes", type=cli.positive_int, default=20000,
                         help="training scenes drawn from the seed (default 20000)")
-    parser.add_argument("--caption-drop", type=train._probability, default=0.3,
+    parser.add_argument("--caption-drop", type=cli.probability, default=0.3,
                         help="chance of leaving out each of size, position, background (default 0.3)")
-    parser.add_argument("--empty-caption", type=train._probability, default=0.1,
+    parser.add_argument("--empty-caption", type=cli.probability, default=0.1,
                         help="chance of an empty caption, for classifier-free guidance (default 0.1)")
-    parser.add_argument("--junk-word", type=train._probability, default=0.15,
+    parser.add_argument("--junk-word", type=cli.probability, default=0.15,
                         help="chance of inserting a made-up word (default 0.15)")

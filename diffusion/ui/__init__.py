@@ -1,6 +1,9 @@
-"""Gradio user interface: one module per lesson tab, plus shared plumbing in ``common``.
+"""Gradio user interface: the only package that imports gradio.
 
-Only this package and ``app.py`` import gradio. Each tab module exposes ``STRINGS``
-(English and Chinese) and ``build(tr, settings)``, which creates the tab's widgets and
-wires them to the core library.
+- one module per lesson tab (``heat``, ``noising``, ``sampling``, ``denoising``, ``text2image``),
+  each with ``build(tr, settings, demo)``, which lays out the tab and wires its events to
+  handlers that live outside it and return ``{output name: value}`` (:mod:`.handlers`);
+- :mod:`.i18n`: both languages, with the strings as data in ``locales/en.json`` and
+  ``locales/zh-CN.json``; :mod:`.widgets`, :mod:`.settings`, and :mod:`.patches` (the one
+  change to gradio's behaviour, applied explicitly by ``app.py``).
 """

@@ -66,8 +66,8 @@ def bind(handler: Callable[..., Any], outputs: Mapping[str, gr.components.Compon
     """``handler`` with its ``{name: value}`` results turned into ``{component: value}`` for gradio.
 
     Args:
-        handler: Returns or yields dicts whose keys are names of ``outputs`` (anything else
-            is passed through unchanged, e.g. ``None`` for "no outputs").
+        handler: Returns or yields dicts whose keys are names of ``outputs``; ``{}`` updates
+            nothing. Anything else (``None`` for "no outputs", ``gr.skip()``) passes through.
         outputs: The tab's output components by name; give ``list(outputs.values())`` as the
             event's ``outputs``, so the API lists them in this order.
 
@@ -75,8 +75,10 @@ def bind(handler: Callable[..., Any], outputs: Mapping[str, gr.components.Compon
         KeyError: (when called) the handler named an output the event does not have.
     """
     def convert(result: Any) -> Any:
-        if not isinstance(result, dict):
+        if not isinstance(result, dict) or "__type__" in result:  # not named outputs (gr.skip() is a dict too)
             return result
+        if not result:  # nothing to update
+            return gr.skip()
         return {outputs[name]: value for name, value in result.items()}
 
     if inspect.isgeneratorfunction(handler):

@@ -1,4 +1,10 @@
-"""Lesson 1 tab: the 1-D heat equation, where the word "diffusion" comes from."""
+"""Lesson 1 tab: the 1-D heat equation, where the word "diffusion" comes from.
+
+:class:`HeatHandlers` answers the tab's events and can be called without a Blocks (the
+unit tests do); each handler returns ``{output name: value}``. :func:`build` lays out
+the components and wires the events, turning names into components with
+:func:`~diffusion.ui.handlers.bind`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,18 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from diffusion.lessons.heat import solver as heat
-from diffusion.lessons.heat import figures as heat_plots
-from diffusion.serving import render_pool as render_worker
+from diffusion.lessons import heat
+from diffusion.lessons.heat import figures
+from diffusion.serving import render_pool
 from diffusion.serving.cache import LRUCache
-from diffusion.ui.handlers import guarded
+from diffusion.ui.handlers import bind, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input, normalize_lang
 from diffusion.ui.settings import AppSettings
 from diffusion.ui.widgets import LATEX, plot_picture
 
 DEFAULTS = heat.HeatParams()
 
-# Classroom presets: (name, initial condition, D, L, N, t_end, n_steps, scheme, boundary).
+# Classroom presets: initial condition, D, L, N, t_end, n_steps, scheme and boundary.
 PRESETS: dict[str, dict[str, Any]] = {
     "textbook": dict(initial_condition="spike", diffusivity=0.1, length=100.0, n_points=1000,
                      t_end=50.0, n_steps=5000, scheme="ftcs", boundary="dirichlet"),
@@ -36,21 +42,146 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESET_FIELDS = ("initial_condition", "diffusivity", "length", "n_points", "t_end", "n_steps",
                  "scheme", "boundary")
-
-
-# Finished runs with their rendered plots, by (validated settings, language): a few MB at most.
-_RUNS = LRUCache(capacity=16)
-# Heat-kernel plots by (D, t, L, language).
-_KERNELS = LRUCache(capacity=16)
+# The run's inputs, in the order of the /heat_simulate API (each a field of HeatParams).
+RUN_FIELDS = ("initial_condition", "custom_expression", "diffusivity", "length", "n_points", "t_end",
+              "n_steps", "scheme", "boundary", "sine_mode", "seed")
+# What the stability line depends on, in the order of its inputs.
+R_FIELDS = ("diffusivity", "length", "n_points", "t_end", "n_steps", "scheme", "boundary")
 
 
 def _plot(figure) -> Any:
     """A figure for a ``gr.Plot``, encoded as the drawing processes encode theirs."""
-    return plot_picture(render_worker.png_data_url(figure))
+    return plot_picture(render_pool.png_data_url(figure))
+
+
+class HeatHandlers:
+    """The tab's event handlers, with the translator, the settings and the tab's caches.
+
+    ``simulate`` answers ``/heat_simulate`` and ``heat_kernel`` answers ``/heat_kernel``; their
+    docstrings' first paragraphs are the API page's descriptions. ``simulate``, ``heat_kernel``
+    and ``scrub`` are wrapped by :func:`guarded` when the object is made: a core error
+    reaches the student as a translated ``gr.Error``.
+    """
+
+    def __init__(self, tr: Translator, settings: AppSettings | None = None) -> None:
+        self.tr = tr
+        self.settings = settings if settings is not None else AppSettings()
+        # Finished runs with their rendered plots, by (validated settings, language): a few MB at most.
+        self.runs = LRUCache(capacity=16)
+        # Heat-kernel plots by (D, t, L, language).
+        self.kernels = LRUCache(capacity=16)
+        guard = guarded(tr)
+        self.simulate = guard(self.simulate)
+        self.heat_kernel = guard(self.heat_kernel)
+        self.scrub = guard(self.scrub)
+
+    def _render(self, params: heat.HeatParams, lang: str) -> tuple:
+        result = heat.simulate(params)
+        text = self.tr.table("heat.plot.", lang)
+        last = _last_finite_frame(result)
+        info = result.summary()
+        # Drawn to PNG once, in a worker process when there is one (off this process's
+        # interpreter lock), so a cached answer is sent again without redrawing.
+        pictures = self.settings.render_pool.run(render_pool.heat_request(params, last, text))
+        if pictures is not None:
+            plots = tuple(plot_picture(picture) for picture in pictures)
+        else:
+            plots = tuple(_plot(f) for f in render_pool.heat_figures(result, last, text))
+        return _status(self.tr, result, info, lang), plots, result, info, last
+
+    def simulate(self, initial_condition, custom_expression, diffusivity, length, n_points, t_end,
+                 n_steps, scheme, boundary, sine_mode, seed, lang) -> dict[str, Any]:
+        """Solve the heat equation with these settings and compare with the exact solution.
+
+        Returns:
+            ``status`` (Markdown), ``heatmap``, ``profile``, ``error``, ``mass`` (plots),
+            ``time`` (the slider, set to the last finite frame), ``state`` (the
+            :class:`~diffusion.lessons.heat.HeatResult`, left out of the API's answer) and
+            ``summary`` (its numbers).
+        """
+        params = heat.HeatParams(
+            initial_condition=initial_condition, custom_expression=custom_expression,
+            diffusivity=diffusivity, length=length, n_points=n_points, t_end=t_end, n_steps=n_steps,
+            scheme=scheme, boundary=boundary, sine_mode=sine_mode, seed=seed).validated()
+        lang = normalize_lang(lang)
+        # Same settings, same answer: a class opening the page at once (which runs the
+        # defaults) or pressing Run on the same preset is drawn once, not thirty times.
+        status, (heat_map, profile, error, mass), result, info, last = \
+            self.runs.get_or_make((params, lang), lambda: self._render(params, lang))
+        times = result.times
+        return {
+            "status": status, "heatmap": heat_map, "profile": profile,
+            "time": gr.update(minimum=0, maximum=float(times[-1]), value=float(times[last]),
+                              step=float(times[1] - times[0]) if len(times) > 1 else 1),
+            "error": error, "mass": mass, "state": result, "summary": dict(info),
+        }
+
+    def heat_kernel(self, diffusivity, t_end, length, lang) -> dict[str, Any]:
+        """The heat kernel for these D, t and L (the bridge to lesson 2), drawn on request."""
+        params = heat.HeatParams(diffusivity=diffusivity, length=length, t_end=t_end).validated()
+        lang = normalize_lang(lang)
+        return {"kernel": self.kernels.get_or_make(
+            (params.diffusivity, params.t_end, params.length, lang),
+            lambda: _plot(figures.plot_heat_kernel(
+                params.diffusivity, params.t_end, params.length, self.tr.table("heat.plot.", lang))))}
+
+    def kernel_if_open(self, is_open, diffusivity, t_end, length, lang) -> dict[str, Any]:
+        """The kernel after a run, only while its accordion is open (nobody sees it closed)."""
+        if not is_open:
+            return {"kernel": gr.skip()}
+        return self.heat_kernel(diffusivity, t_end, length, lang)
+
+    def scrub(self, result, t, lang) -> dict[str, Any]:
+        """The profile at the stored frame nearest to time ``t``, without a new run."""
+        if result is None:
+            return {"profile": gr.skip()}
+        index = int(np.argmin(np.abs(result.times - float(t))))
+        return {"profile": _plot(figures.plot_profile(result, index, self.tr.table("heat.plot.", lang)))}
+
+    def show_r(self, diffusivity, length, n_points, t_end, n_steps, scheme, boundary, lang) -> dict[str, str]:
+        """The stability line: r = D dt / dx^2 and what it means for the chosen scheme."""
+        tr = self.tr
+        try:
+            p = heat.HeatParams(diffusivity=diffusivity, length=length, n_points=n_points, t_end=t_end,
+                                n_steps=n_steps, scheme=scheme, boundary=boundary).validated()
+        except (ValueError, TypeError):
+            return {"stability": tr.text("heat.r_invalid", lang)}
+        _, dx = heat.make_grid(p.length, p.n_points, p.boundary)
+        r = p.diffusivity * (p.t_end / p.n_steps) / dx**2
+        if p.scheme != "ftcs":
+            text = tr.text("heat.r_other", lang, r=r, scheme=tr.text(f"heat.scheme.{p.scheme}", lang))
+        else:
+            text = tr.text("heat.r_stable" if r <= 0.5 else "heat.r_unstable", lang, r=r)
+        return {"stability": text}
+
+
+def show_ic_fields(initial_condition) -> dict[str, Any]:
+    """Show only the fields the chosen initial condition uses."""
+    return {"custom_expression": gr.update(visible=initial_condition == "custom"),
+            "sine_mode": gr.update(visible=initial_condition == "sine"),
+            "seed": gr.update(visible=initial_condition == "random")}
+
+
+def apply_preset(name) -> dict[str, Any]:
+    """The preset's settings for the fields in :data:`PRESET_FIELDS`; none for an unknown name."""
+    if name not in PRESETS:
+        return {"initial_condition": gr.skip()}
+    return {field: PRESETS[name][field] for field in PRESET_FIELDS}
+
+
+def bridge_opened() -> dict[str, bool]:
+    """The bridge accordion was opened: runs draw the kernel from now on."""
+    return {"bridge_open": True}
+
+
+def bridge_closed() -> dict[str, bool]:
+    """The bridge accordion was closed: runs stop drawing the kernel."""
+    return {"bridge_open": False}
 
 
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Build the heat-equation tab and wire its events (it also runs once on page load)."""
+    handlers = HeatHandlers(tr, settings)
     lo, hi = heat.LIMITS["n_points"]
     gr.Markdown(tr("heat.intro"), latex_delimiters=LATEX)
     with gr.Row():
@@ -91,108 +222,47 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     lang = lang_input()
     state = gr.State(None)
     bridge_open = gr.State(False)  # the kernel plot is drawn only while someone can see it
-    inputs = [ic, expr, d, length, n, t_end, m, scheme, bc, k, seed]
 
-    def render(params: heat.HeatParams, lang: str) -> tuple:
-        result = heat.simulate(params)
-        text = tr.table("heat.plot.", lang)
-        last = _last_finite_frame(result)
-        info = result.summary()
-        # Drawn to PNG once, in a worker process when there is one (off this process's
-        # interpreter lock), so a cached answer is sent again without redrawing.
-        pictures = settings.render_pool.run(render_worker.heat_request(params, last, text))
-        if pictures is not None:
-            plots = tuple(plot_picture(picture) for picture in pictures)
-        else:
-            figures = render_worker.heat_figures(result, last, text)
-            plots = tuple(_plot(f) for f in figures)
-        return _status(tr, result, info, lang), plots, result, info, last
+    fields = {"initial_condition": ic, "custom_expression": expr, "diffusivity": d, "length": length,
+              "n_points": n, "t_end": t_end, "n_steps": m, "scheme": scheme, "boundary": bc,
+              "sine_mode": k, "seed": seed}
+    # The order of each dict is the order of the event's outputs, and so of the API's.
+    run_outputs = {"status": status, "heatmap": heatmap, "profile": profile, "time": time, "error": error,
+                   "mass": mass, "state": state, "summary": summary}
+    kernel_output = {"kernel": kernel}
+    preset_outputs = {name: fields[name] for name in PRESET_FIELDS}
+    ic_outputs = {name: fields[name] for name in ("custom_expression", "sine_mode", "seed")}
+    bridge_output = {"bridge_open": bridge_open}
 
-    @guarded(tr)
-    def simulate(initial_condition, custom_expression, diffusivity, length, n_points, t_end, n_steps,
-                 scheme, boundary, sine_mode, seed, lang):
-        params = heat.HeatParams(
-            initial_condition=initial_condition, custom_expression=custom_expression,
-            diffusivity=diffusivity, length=length, n_points=n_points, t_end=t_end, n_steps=n_steps,
-            scheme=scheme, boundary=boundary, sine_mode=sine_mode, seed=seed).validated()
-        lang = normalize_lang(lang)
-        # Same settings, same answer: a class opening the page at once (which runs the
-        # defaults) or pressing Run on the same preset is drawn once, not thirty times.
-        status, (heat_map, profile_plot, error_plot, mass_plot), result, info, last = \
-            _RUNS.get_or_make((params, lang), lambda: render(params, lang))
-        return (
-            status, heat_map, profile_plot,
-            gr.update(minimum=0, maximum=float(result.times[-1]), value=float(result.times[last]),
-                      step=float(result.times[1] - result.times[0]) if len(result.times) > 1 else 1),
-            error_plot, mass_plot, result, dict(info),
-        )
-
-    @guarded(tr)
-    def heat_kernel(diffusivity, t_end, length, lang):
-        """The heat kernel for these D, t and L (the bridge to lesson 2), drawn on request."""
-        params = heat.HeatParams(diffusivity=diffusivity, length=length, t_end=t_end).validated()
-        lang = normalize_lang(lang)
-        return _KERNELS.get_or_make(
-            (params.diffusivity, params.t_end, params.length, lang),
-            lambda: _plot(heat_plots.plot_heat_kernel(
-                params.diffusivity, params.t_end, params.length, tr.table("heat.plot.", lang))))
-
-    def kernel_if_open(is_open, diffusivity, t_end, length, lang):
-        return heat_kernel(diffusivity, t_end, length, lang) if is_open else gr.skip()
-
-    @guarded(tr)
-    def scrub(result, t, lang):
-        if result is None:
-            return gr.skip()
-        index = int(np.argmin(np.abs(result.times - float(t))))
-        return _plot(heat_plots.plot_profile(result, index, tr.table("heat.plot.", lang)))
-
-    def show_r(d, length, n, t_end, m, scheme, bc, lang):
-        try:
-            p = heat.HeatParams(diffusivity=d, length=length, n_points=n, t_end=t_end, n_steps=m,
-                                scheme=scheme, boundary=bc).validated()
-        except (ValueError, TypeError):
-            return tr.text("heat.r_invalid", lang)
-        _, dx = heat.make_grid(p.length, p.n_points, p.boundary)
-        r = p.diffusivity * (p.t_end / p.n_steps) / dx**2
-        if p.scheme != "ftcs":
-            return tr.text("heat.r_other", lang, r=r, scheme=tr.text(f"heat.scheme.{p.scheme}", lang))
-        return tr.text("heat.r_stable" if r <= 0.5 else "heat.r_unstable", lang, r=r)
-
-    def show_ic_fields(ic):
-        return (gr.update(visible=ic == "custom"), gr.update(visible=ic == "sine"),
-                gr.update(visible=ic == "random"))
-
-    def apply_preset(name):
-        if name not in PRESETS:
-            return [gr.skip()] * len(PRESET_FIELDS)
-        return [PRESETS[name][f] for f in PRESET_FIELDS]
-
-    outputs = [status, heatmap, profile, time, error, mass, state, summary]
-    run_event = dict(fn=simulate, inputs=[*inputs, lang], outputs=outputs, js=LANG_JS,
-                     concurrency_id="light")
+    run_event = dict(fn=bind(handlers.simulate, run_outputs), inputs=[*(fields[f] for f in RUN_FIELDS), lang],
+                     outputs=list(run_outputs.values()), js=LANG_JS, concurrency_id="light")
     # The kernel follows a run only while its accordion is open: closed, nobody sees it,
     # and drawing it would add a fifth figure to every run of a busy classroom.
-    kernel_inputs = [bridge_open, d, t_end, length, lang]
-    kernel_event = dict(fn=kernel_if_open, inputs=kernel_inputs, outputs=kernel, js=LANG_JS,
-                        api_visibility="private", concurrency_id="light", show_progress="hidden")
+    kernel_event = dict(fn=bind(handlers.kernel_if_open, kernel_output),
+                        inputs=[bridge_open, d, t_end, length, lang], outputs=list(kernel_output.values()),
+                        js=LANG_JS, api_visibility="private", concurrency_id="light", show_progress="hidden")
     # .success: after a refused run the kernel would only repeat the same error message.
     run.click(**run_event, api_name="heat_simulate").success(**kernel_event)
-    preset.select(apply_preset, preset, [ic, d, length, n, t_end, m, scheme, bc],
+    preset.select(bind(apply_preset, preset_outputs), preset, list(preset_outputs.values()),
                   api_visibility="private", queue=False).then(**run_event, api_visibility="private").success(
                       **kernel_event)
-    bridge.expand(lambda: True, None, bridge_open, api_visibility="private", queue=False).then(
-        heat_kernel, [d, t_end, length, lang], kernel, js=LANG_JS, api_name="heat_kernel",
-        concurrency_id="light", show_progress="hidden")
-    bridge.collapse(lambda: False, None, bridge_open, api_visibility="private", queue=False)
-    ic.change(show_ic_fields, ic, [expr, k, seed], api_visibility="private", queue=False)
-    r_inputs = [d, length, n, t_end, m, scheme, bc, lang]
-    gr.on([c.change for c in r_inputs[:-1]], show_r, r_inputs, stability, js=LANG_JS,
+    bridge.expand(bind(bridge_opened, bridge_output), None, list(bridge_output.values()),
+                  api_visibility="private", queue=False).then(
+        bind(handlers.heat_kernel, kernel_output), [d, t_end, length, lang], list(kernel_output.values()),
+        js=LANG_JS, api_name="heat_kernel", concurrency_id="light", show_progress="hidden")
+    bridge.collapse(bind(bridge_closed, bridge_output), None, list(bridge_output.values()),
+                    api_visibility="private", queue=False)
+    ic.change(bind(show_ic_fields, ic_outputs), ic, list(ic_outputs.values()), api_visibility="private",
+              queue=False)
+    r_inputs = [*(fields[f] for f in R_FIELDS), lang]
+    show_r = bind(handlers.show_r, {"stability": stability})
+    gr.on([c.change for c in r_inputs[:-1]], show_r, r_inputs, [stability], js=LANG_JS,
           api_visibility="private", queue=False, show_progress="hidden")
-    time.input(scrub, [state, time, lang], profile, js=LANG_JS, api_visibility="private",
-               concurrency_id="light", trigger_mode="always_last", show_progress="hidden")
+    time.input(bind(handlers.scrub, {"profile": profile}), [state, time, lang], [profile], js=LANG_JS,
+               api_visibility="private", concurrency_id="light", trigger_mode="always_last",
+               show_progress="hidden")
     demo.load(**run_event, api_visibility="private")
-    demo.load(show_r, r_inputs, stability, js=LANG_JS, api_visibility="private", queue=False)
+    demo.load(show_r, r_inputs, [stability], js=LANG_JS, api_visibility="private", queue=False)
 
 
 def _last_finite_frame(result: heat.HeatResult) -> int:

@@ -1,11 +1,14 @@
 """Lesson 5 tab: text-to-image through a diffusers pipeline, streamed live and scrubbable.
 
-The run works like lesson 3's (and reuses its :class:`~diffusion.ui.sampling.LiveRun`
-and :class:`~diffusion.ui.sampling.RunStore`): :func:`diffusion.lessons.text2image.pipeline.generate`
-runs in a worker thread, the handler yields the newest step a few times a second,
-Stop (or a closed page) ends the pipeline after its current step, and the recorded
-latents stay cached under a run id for the step slider. Frames are decoded by the
-VAE only when shown, so recording costs next to nothing.
+The run works like lesson 3's, through the same serving layer:
+:func:`diffusion.lessons.text2image.generate` runs in a worker thread
+(:class:`~diffusion.serving.live.LiveRun`), the handler streams the newest step a few
+times a second, Stop (or a closed page) ends the pipeline after its current step, and the
+recorded latents stay in a bounded :class:`~diffusion.serving.store.RunStore` under a run
+id for the step slider. Frames are decoded by the VAE only when shown, so recording costs
+next to nothing.
+
+The handlers (:class:`TextToImageHandlers`) return ``{output name: value}`` and need no Blocks.
 """
 
 from __future__ import annotations
@@ -20,20 +23,22 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from diffusion.models import registry as models
-from diffusion.lessons.text2image import pipeline as t2i
 from diffusion.errors import InputError
 from diffusion.images import check_upload, load_image
+from diffusion.lessons import text2image as t2i
+from diffusion.models import registry as models
+from diffusion.schedule import display_t
 from diffusion.serving.gpu import gpu_task
-from diffusion.ui.handlers import guarded
+from diffusion.serving.live import LiveRun
+from diffusion.serving.store import RunStore
+from diffusion.ui.handlers import bind, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input
 from diffusion.ui.settings import AppSettings
-from diffusion.ui.widgets import ImageInput, LATEX, progress_html
-from diffusion.ui.sampling import LiveRun, RunStore
+from diffusion.ui.widgets import LATEX, ImageInput, progress_html
 
 log = logging.getLogger(__name__)
 DEFAULTS = t2i.T2IRequest()
-RUNS = RunStore(max_bytes=400 * 2**20, code_prefix="t2i_")
+RUNS = RunStore(max_bytes=400 * 2**20, missing_code="t2i_no_run", expired_code="t2i_run_expired")
 MAX_INIT_SIDE = 1024
 EXAMPLES = ("a large red circle in the center on a white background",
             "a small yellow star at the top right on a blue background",
@@ -49,18 +54,125 @@ def _pictures(info: Any, decode: Any) -> tuple[np.ndarray, np.ndarray]:
     return t2i.latent_picture(info.x_t), t2i.to_uint8(decode(info.x0_pred))
 
 
+def _check_step(step: Any) -> None:
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+        raise InputError("not_a_number", "step must be a number.", name="step")
+
+
+class TextToImageHandlers:
+    """The tab's event handlers; each yields or returns ``{output name: value}``.
+
+    Args:
+        tr: The UI strings.
+        settings: The server's settings (device, offered models, offline).
+        default_model: The model a request without one gets.
+    """
+
+    def __init__(self, tr: Translator, settings: AppSettings, default_model: str) -> None:
+        self.tr, self.settings, self.default_model = tr, settings, default_model
+        self.extra = tuple(settings.t2i_models)
+
+    def pipeline_for(self, choice: Any) -> tuple[Any, str]:
+        """The loaded pipeline for a model choice, and the name its summary shows."""
+        embedded = models.MODELS[models.T2I].path
+        ref = t2i.resolve_model(choice, embedded, self.extra, self.settings.allow_any_model)
+        name = t2i.EMBEDDED if Path(ref) == embedded else ref
+        pipe = models.load_text2image(None if name == t2i.EMBEDDED else ref, self.settings.device,
+                                      offline=self.settings.offline)
+        return pipe, name
+
+    def generate(self, prompt, negative_prompt="", num_inference_steps=DEFAULTS.num_inference_steps,
+                 guidance_scale=DEFAULTS.guidance_scale, seed=DEFAULTS.seed, scheduler=DEFAULTS.scheduler,
+                 width=0, height=0, batch_size=DEFAULTS.batch_size, model=None, init_image=None,
+                 strength=DEFAULTS.strength, lang="en"):  # defaults: all but the prompt are optional through the API
+        """``/text_to_image``: stream a pipeline run, then its pictures, slider and summary."""
+        tr = self.tr
+        new_id = RUNS.new_id()
+        yield {"status": progress_html(0, tr.text("text2image.loading", lang)),
+               "scrub": gr.update(interactive=False, value=1), "notice": "", "run_id": new_id}
+        pipe, name = self.pipeline_for(self.default_model if model is None else model)
+        request = t2i.T2IRequest(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, scheduler,
+                                 width, height, batch_size, strength).validated(t2i.default_side(pipe),
+                                                                                t2i.is_lcm(pipe))
+        start = None
+        if init_image:
+            pixels, _ = load_image(check_upload(init_image), max_side=MAX_INIT_SIDE, mode="RGB")
+            start = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
+        unknown = t2i.unknown_words(pipe, request.prompt)
+        note = tr.text("text2image.unknown", lang, words=", ".join(unknown)) if unknown else ""
+        live = LiveRun(lambda callback, stop_flag: t2i.generate_within_memory(
+            pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag), name="t2i-run")
+        RUNS.add_live(new_id, live)
+        decode = (lambda z: t2i.decode_latents(pipe.vae, z))
+        pacer = t2i.PreviewPacer()
+        generation = None
+        try:
+            for info in live.steps():
+                text = tr.text("text2image.progress", lang, step=info.step + 1, total=info.total,
+                               t=display_t(info.t), seconds=time.perf_counter() - live.started)
+                update = {"status": progress_html((info.step + 1) / info.total, text),
+                          "latent": t2i.latent_picture(info.x_t), "notice": note}
+                if pacer.due():
+                    update["x0"] = pacer.decode(decode, info.x0_pred)
+                yield update
+            generation = live.result
+        finally:
+            live.stop()
+            RUNS.finish(new_id, generation)
+        n = len(generation)
+        total = n if not generation.stopped else max(n, request.num_inference_steps)
+        key = "text2image.stopped" if generation.stopped else "text2image.finished"
+        text = tr.text(key, lang, done=n, total=total, seconds=generation.seconds)
+        latent, x0 = _pictures(generation.frame(n - 1), decode) if n else (None, None)
+        items = [(np.asarray(im), f"{i + 1}") for i, im in enumerate(generation.images)]
+        result = dict(generation.summary(), run_id=new_id, unknown_words=unknown)
+        yield {"status": progress_html(1.0 if not generation.stopped else n / max(total, 1), text),
+               "latent": latent, "x0": x0, "scrub": gr.update(interactive=n > 1, maximum=max(n, 2), value=max(n, 1)),
+               "gallery": items, "notice": note, "run_id": new_id, "summary": result}
+
+    def replay(self, current_id, step, lang):
+        """``/text_to_image_scrub``: z_t and the decoded x̂₀ of step ``step`` (1-based) of a kept run."""
+        generation = RUNS.get(current_id)
+        n = len(generation)
+        _check_step(step)
+        info = generation.frame(int(min(max(step, 1), n)) - 1)
+        text = self.tr.text("text2image.scrubbed", lang, step=info.step + 1, total=n, t=display_t(info.t),
+                            alpha_bar=info.alpha_bar)
+        return {"status": progress_html((info.step + 1) / n, text), "latent": t2i.latent_picture(info.x_t),
+                "x0": t2i.to_uint8(generation.decoder(info.x0_pred))}
+
+    def explain_strength(self, model, scheduler, num_inference_steps, strength, lang):
+        """The image-to-image start as lesson 2's closed form, for the strength chosen."""
+        pipe, _ = self.pipeline_for(model)
+        request = t2i.T2IRequest(num_inference_steps=num_inference_steps, scheduler=scheduler,
+                                 strength=strength).validated(t2i.default_side(pipe), t2i.is_lcm(pipe))
+        start = t2i.strength_to_timestep(pipe, request.scheduler, request.num_inference_steps, request.strength)
+        if start["t"] is None or start["alpha_bar"] is None:
+            return {"strength_info": ""}
+        a = start["alpha_bar"]
+        return {"strength_info": self.tr.text(
+            "text2image.strength_info", lang, strength=request.strength, steps=start["steps_run"],
+            total=request.num_inference_steps, t=display_t(start["t"]), alpha_bar=a, a=math.sqrt(a),
+            b=math.sqrt(1 - a))}
+
+    @staticmethod
+    def stop(current_id) -> None:
+        """``/text_to_image_stop``: end the live run after its current step (it stays scrubbable)."""
+        RUNS.stop(current_id)
+
+
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
-    """Build the tab body and wire its events."""
+    """Lay out the tab and wire its events to :class:`TextToImageHandlers`."""
     gr.Markdown(tr("text2image.intro"), latex_delimiters=LATEX)
     embedded_ok = models.text2image_available()
     if not embedded_ok:
-        log.warning("lesson 5's embedded model is off: no usable folder at %s", models.T2I_PATH)
+        log.warning("lesson 5's embedded model is off: no usable folder at %s", models.MODELS[models.T2I].path)
         gr.Markdown(tr("text2image.no_model"), elem_classes=["dl-warning"], elem_id="t2i-no-model")
     extra = tuple(settings.t2i_models)
     choices = ([(tr("text2image.model_embedded"), t2i.EMBEDDED)] if embedded_ok else []) + \
         [(m, m) for m in (*extra, *t2i.SUGGESTED) if m]
     default_model = extra[0] if extra else (t2i.EMBEDDED if embedded_ok else t2i.SUGGESTED[0])
-    device = settings.device
+    handlers = TextToImageHandlers(tr, settings, default_model)
     heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
 
     with gr.Row():
@@ -112,91 +224,20 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     run_id = gr.Textbox(visible=False, max_length=64, elem_id="t2i-run-id")
     lang = lang_input()
 
-    def pipeline_for(choice: Any) -> tuple[Any, str]:
-        ref = t2i.resolve_model(choice, models.T2I_PATH, extra, settings.allow_any_model)
-        name = t2i.EMBEDDED if Path(ref) == models.T2I_PATH else ref
-        pipe = models.load_text2image(None if name == t2i.EMBEDDED else ref, device, offline=settings.offline)
-        return pipe, name
-
-    @gpu_task(duration=120)
-    @guarded(tr)
-    def generate(prompt, negative_prompt="", num_inference_steps=DEFAULTS.num_inference_steps,
-                 guidance_scale=DEFAULTS.guidance_scale, seed=DEFAULTS.seed, scheduler=DEFAULTS.scheduler,
-                 width=0, height=0, batch_size=DEFAULTS.batch_size, model=default_model, init_image=None,
-                 strength=DEFAULTS.strength, lang="en"):  # defaults: init_image is optional through the API
-        new_id = RUNS.new_id()
-        idle = gr.update(interactive=False, value=1)
-        yield (progress_html(0, tr.text("text2image.loading", lang)), gr.skip(), gr.skip(), idle, gr.skip(),
-               "", new_id, gr.skip())
-        pipe, name = pipeline_for(model)
-        request = t2i.T2IRequest(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, scheduler,
-                                 width, height, batch_size, strength).validated(t2i.default_side(pipe),
-                                                                                t2i.is_lcm(pipe))
-        start = None
-        if init_image:
-            pixels, _ = load_image(check_upload(init_image), max_side=MAX_INIT_SIDE, mode="RGB")
-            start = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
-        unknown = t2i.unknown_words(pipe, request.prompt)
-        note = tr.text("text2image.unknown", lang, words=", ".join(unknown)) if unknown else ""
-        live = LiveRun(lambda callback, stop_flag: t2i.generate_within_memory(
-            pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag))
-        RUNS.add_live(new_id, live)
-        decode = (lambda z: t2i.decode_latents(pipe.vae, z))
-        pacer = t2i.PreviewPacer()
-        generation = None
-        try:
-            for info in live.steps():
-                text = tr.text("text2image.progress", lang, step=info.step + 1, total=info.total, t=info.t,
-                               seconds=time.perf_counter() - live.started)
-                x0 = pacer.decode(decode, info.x0_pred) if pacer.due() else gr.skip()
-                yield (progress_html((info.step + 1) / info.total, text), t2i.latent_picture(info.x_t), x0,
-                       gr.skip(), gr.skip(), note, gr.skip(), gr.skip())
-            generation = live.result
-        finally:
-            live.stop()
-            RUNS.finish(new_id, generation)
-        n = len(generation)
-        total = n if not generation.stopped else max(n, request.num_inference_steps)
-        key = "text2image.stopped" if generation.stopped else "text2image.finished"
-        text = tr.text(key, lang, done=n, total=total, seconds=generation.seconds)
-        pictures = _pictures(generation.frame(n - 1), decode) if n else (None, None)
-        items = [(np.asarray(im), f"{i + 1}") for i, im in enumerate(generation.images)]
-        result = dict(generation.summary(), run_id=new_id, unknown_words=unknown)
-        yield (progress_html(1.0 if not generation.stopped else n / max(total, 1), text), *pictures,
-               gr.update(interactive=n > 1, maximum=max(n, 2), value=max(n, 1)), items, note, new_id, result)
-
-    @guarded(tr)
-    def replay(current_id, step, lang):
-        generation = RUNS.get(current_id)
-        n = len(generation)
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
-            raise InputError("not_a_number", "step must be a number.", name="step")
-        info = generation.frame(int(min(max(step, 1), n)) - 1)
-        text = tr.text("text2image.scrubbed", lang, step=info.step + 1, total=n, t=info.t, alpha_bar=info.alpha_bar)
-        return (progress_html((info.step + 1) / n, text), t2i.latent_picture(info.x_t),
-                t2i.to_uint8(generation.decoder(info.x0_pred)))
-
-    @guarded(tr)
-    def explain_strength(model, scheduler, num_inference_steps, strength, lang):
-        pipe, _ = pipeline_for(model)
-        request = t2i.T2IRequest(num_inference_steps=num_inference_steps, scheduler=scheduler,
-                                 strength=strength).validated(t2i.default_side(pipe), t2i.is_lcm(pipe))
-        start = t2i.strength_to_timestep(pipe, request.scheduler, request.num_inference_steps, request.strength)
-        if start["t"] is None or start["alpha_bar"] is None:
-            return ""
-        a = start["alpha_bar"]
-        return tr.text("text2image.strength_info", lang, strength=request.strength, steps=start["steps_run"],
-                       total=request.num_inference_steps, t=start["t"], alpha_bar=a, a=math.sqrt(a),
-                       b=math.sqrt(1 - a))
-
+    outputs = dict(status=status, latent=latent, x0=x0, scrub=scrub, gallery=gallery, notice=notice, run_id=run_id,
+                   summary=summary)
+    scrub_out = dict(status=status, latent=latent, x0=x0)
     inputs = [prompt, negative, steps, guidance, seed, scheduler, width, height, batch, model, init_image, strength,
               lang]
-    event = run.click(generate, inputs, [status, latent, x0, scrub, gallery, notice, run_id, summary], js=LANG_JS,
-                      api_name="text_to_image", show_progress="hidden", **heavy)
-    stop.click(lambda current: RUNS.stop(current) and None, [run_id], None, queue=False,
-               api_name="text_to_image_stop", cancels=[event] if settings.zero_gpu else None)
-    scrub.input(replay, [run_id, scrub, lang], [status, latent, x0], js=LANG_JS, api_name="text_to_image_scrub",
-                concurrency_id="heavy", trigger_mode="always_last", show_progress="hidden")
+    generate = gpu_task(duration=120)(bind(guarded(tr)(handlers.generate), outputs))
+    event = run.click(generate, inputs, list(outputs.values()), js=LANG_JS, api_name="text_to_image",
+                      show_progress="hidden", **heavy)
+    stop.click(handlers.stop, [run_id], None, queue=False, api_name="text_to_image_stop",
+               cancels=[event] if settings.zero_gpu else None)
+    scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),
+                js=LANG_JS, api_name="text_to_image_scrub", concurrency_id="heavy", trigger_mode="always_last",
+                show_progress="hidden")
+    explain = bind(guarded(tr)(handlers.explain_strength), {"strength_info": strength_info})
     for trigger in (strength.release, steps.release, scheduler.change):
-        trigger(explain_strength, [model, scheduler, steps, strength, lang], strength_info, js=LANG_JS,
+        trigger(explain, [model, scheduler, steps, strength, lang], strength_info, js=LANG_JS,
                 api_visibility="private", concurrency_id="light", show_progress="hidden")

@@ -151,7 +151,7 @@ def test_forward_noise_is_deterministic(client):
 def test_forward_noise_pictures_are_the_cores_pixels_as_t_moves(client):
     """The pictures are kept between slider moves: each must still show exactly what the core computes."""
     from diffusion import images
-    from diffusion.lessons.noising import process as noising
+    from diffusion.lessons import noising
 
     example = str(list_examples()[0])
     x0, _ = images.load_image(example, max_side=256)

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not models.denoiser_available(), reason="the denoiser model is not installed")]
 
 PHOTO = next(p for p in list_examples() if p.name == "astronaut.png")
-OUT = ("status", "notice", "gallery", "table", "zoom", "path", "summary", "run_id")
+OUT = ("status", "notice", "gallery", "table", "zoom", "path", "run_id", "summary")
 FAST = ["diffusion_one_step", "gaussian_heat"]
 
 
@@ -167,7 +167,7 @@ def test_a_broken_model_leaves_the_classical_methods_working(client, tmp_path, m
     (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 64)
     (broken / "scheduler" / "scheduler_config.json").write_text("{}")
     (broken / "denoiser.json").write_text("{}")
-    monkeypatch.setattr(models, "DENOISER_PATH", broken)
+    monkeypatch.setitem(models.MODELS, models.DENOISER, models.MODELS[models.DENOISER].at(broken))
     out = denoise(client, PHOTO)
     assert list(out["summary"]["methods"]) == ["gaussian_heat"]
     assert "not available" in out["notice"]

@@ -71,14 +71,14 @@ def damaged_app(tmp_path_factory, client):  # the shared app is built first, wit
                                                         image_size=spec.image_size, in_channels=spec.in_channels,
                                                         num_class_embeds=spec.num_class_embeds))
     denoiser = root / "photo-denoiser"
-    shutil.copytree(models.DENOISER_PATH, denoiser)
+    shutil.copytree(models.MODELS[models.DENOISER].path, denoiser)
     _truncate(denoiser / "unet" / "diffusion_pytorch_model.safetensors")
-    mp.setattr(models, "DENOISER_PATH", denoiser)
+    mp.setitem(models.MODELS, models.DENOISER, models.MODELS[models.DENOISER].at(denoiser))
     t2i_folder = root / "tiny-shapes-sd"
-    if models.T2I_PATH.is_dir():
-        shutil.copytree(models.T2I_PATH, t2i_folder)
+    if models.MODELS[models.T2I].path.is_dir():
+        shutil.copytree(models.MODELS[models.T2I].path, t2i_folder)
         _truncate(t2i_folder / "unet" / "diffusion_pytorch_model.safetensors")
-    mp.setattr(models, "T2I_PATH", t2i_folder)
+    mp.setitem(models.MODELS, models.T2I, models.MODELS[models.T2I].at(t2i_folder))
     models.clear_cache()
     settings = app.settings_from_args(app.parse_args(["--device", "cpu"]))
     demo, tr = app.create_app(settings)
@@ -119,4 +119,4 @@ def test_damaged_models_answer_with_a_clear_message(damaged_app, call):
         damaged_app.predict(**args, api_name=f"/{call}")
     if call == "denoise":  # the classical methods still run, with a notice about the model
         out = damaged_app.predict(**dict(args, methods=["diffusion_one_step", "gaussian_heat"]), api_name="/denoise")
-        assert "not available" in out[1] and "gaussian_heat" in out[-2]["methods"]
+        assert "not available" in out[1] and "gaussian_heat" in out[-1]["methods"]

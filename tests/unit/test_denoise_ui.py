@@ -12,7 +12,7 @@ import app
 from diffusion.models.denoiser_net import NoiseLevels, sigma_to_model
 from diffusion.errors import InputError
 from diffusion.examples import list_examples
-from diffusion.lessons.noising.process import make_scheduler
+from diffusion.schedule import make_scheduler
 from diffusion.ui import denoising as tab
 
 PHOTO = next(p for p in list_examples() if p.name == "chelsea.png")
@@ -136,7 +136,7 @@ def test_the_noise_level_numbers_shown_are_the_ones_the_denoiser_uses(tr):
 
 
 def test_the_result_store_is_bounded_and_ids_are_unguessable():
-    store = tab.ResultStore(max_bytes=3 * 64 * 64 * 3)
+    store = tab.RunStore(3 * 64 * 64 * 3, missing_code="result_expired", expired_code="result_expired")
     image = np.zeros((64, 64, 3), np.uint8)
     ids = [store.add(tab.Finished(image, [])) for _ in range(5)]
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
@@ -153,42 +153,43 @@ def test_methods_run_in_a_worker_that_reports_progress_and_stops_when_closed():
     import threading
     import time
 
-    def work(on_step):
-        for i in range(1, 4):
-            time.sleep(0.05)
-            on_step(i, 3)
-        return "result"
+    import torch
 
-    runner = tab.in_worker(work, interval=0.01)
-    seen = []
-    while True:
+    from diffusion.reverse import StepInfo, should_stop
+    from diffusion.serving.live import LiveRun
+
+    def loop(total, callback, stop, ended=None):
+        """A loop on the run contract: report each step, poll stop after it."""
         try:
-            seen.append(next(runner))
-        except StopIteration as finished:
-            assert finished.value == "result"
-            break
-    assert (3, 3) in seen or (2, 3) in seen
+            x = torch.zeros(1)
+            for i in range(total):
+                time.sleep(0.02)
+                callback(StepInfo(step=i, total=total, t=total - i, alpha_bar=0.5, x_t=x, x0_pred=x, eps_pred=x))
+                if should_stop(stop, i + 1, total):
+                    return "stopped"
+            return "result"
+        finally:
+            if ended is not None:
+                ended.set()
+
+    live = LiveRun(lambda callback, stop: loop(3, callback, stop))
+    seen = [info for info in live.wait(interval=0.01)]
+    assert live.result == "result"
+    steps = [info.step for info in seen if info is not None]
+    assert steps == sorted(set(steps)) and steps[-1] >= 1  # progress was seen, in order, near the end
 
     ended = threading.Event()
+    live = LiveRun(lambda callback, stop: loop(10_000, callback, stop, ended))
+    waiting = live.wait(interval=0.01)
+    next(waiting)
+    live.stop()  # what a cancelled event does, in the handler's finally block
+    assert ended.wait(2.0) and live.done.wait(2.0) and live.result == "stopped"
 
-    def endless(on_step):
-        try:
-            for i in range(10_000):
-                time.sleep(0.01)
-                on_step(i, 10_000)
-        finally:
-            ended.set()
-
-    runner = tab.in_worker(endless, interval=0.01)
-    next(runner)
-    runner.close()  # what a cancelled event does
-    assert ended.wait(2.0)
-
-    def failing(on_step):
+    def failing(callback, stop):
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        list(tab.in_worker(failing, interval=0.01))
+        list(LiveRun(failing).wait(interval=0.01))
 
 
 def test_the_noisy_example_has_the_noise_its_readme_states():

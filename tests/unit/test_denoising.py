@@ -13,9 +13,9 @@ from skimage.metrics import peak_signal_noise_ratio
 from diffusion.lessons.denoising import classical
 from diffusion.models.denoiser_net import (NoiseLevels, build_denoiser_unet, predict_noise, sigma_to_model, size_multiple,
                                     tweedie)
-from diffusion.lessons.denoising.denoiser import (DiffusionDenoiser, add_noise, from_channels, run_method, score, summary,
+from diffusion.lessons.denoising import (DiffusionDenoiser, add_noise, from_channels, run_method, score, summary,
                                  to_channels, to_uint8)
-from diffusion.lessons.noising.process import make_scheduler
+from diffusion.schedule import make_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_noise_is_seeded_and_scores_are_those_of_the_returned_pixels(tiny_denois
 
 
 def test_reduced_precision_changes_the_result_only_slightly(tiny_denoiser, scheduler):
-    from diffusion.lessons.denoising.denoiser import choose_precision
+    from diffusion.lessons.denoising import choose_precision
 
     assert choose_precision(torch.device("cpu"), "fp32") == "fp32"
     assert choose_precision(torch.device("cuda"), "auto") == "fp16"

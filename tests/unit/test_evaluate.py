@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from diffusion.evaluate import cli as evaluate_cli
 from diffusion.evaluate import mnist as evaluate
 from tests.unit.test_sampling import tiny_unet
 
@@ -53,9 +54,9 @@ def test_tiny_end_to_end_run_writes_a_report(tmp_path, capsys):
     tiny_unet().save_pretrained(folder / "unet", safe_serialization=True)
     DDPMScheduler().save_pretrained(folder / "scheduler")
     out = tmp_path / "report.json"
-    code = evaluate.main(["mnist", "--model-dir", str(folder), "--samples-per-class", "2", "--reference", "60",
-                          "--ddpm-steps", "4", "--ddim-steps", "2", "--eta-steps", "2", "--classifier-steps", "5",
-                          "--threads", "1", "--guidance", "2", "--out", str(out)])
+    code = evaluate_cli.main(["mnist", "--model-dir", str(folder), "--samples-per-class", "2", "--reference", "60",
+                              "--ddpm-steps", "4", "--ddim-steps", "2", "--eta-steps", "2", "--classifier-steps",
+                              "5", "--threads", "1", "--guidance", "2", "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["rows"]]

@@ -1,4 +1,4 @@
-"""Unit tests for lesson 1 (diffusion.lessons.heat.solver and diffusion.lessons.heat.figures).
+"""Unit tests for lesson 1 (the diffusion.lessons.heat package and its figures).
 
 Every numerical check compares against an independent reference: a closed-form
 solution, a dense matrix solve, the textbook loop, or a moment identity.
@@ -17,7 +17,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from diffusion.errors import InputError
-from diffusion.lessons.heat.solver import (
+from diffusion.lessons.heat import (
     BOUNDARIES, LIMITS, HeatParams, crank_nicolson, exact_solution, ftcs, ftcs_step,
     ftcs_textbook, heat_kernel, make_grid, parse_expression, simulate,
 )
@@ -390,16 +390,34 @@ def test_log_axis_labels_are_matplotlibs_own_in_unicode(limits):
 ])
 @pytest.mark.parametrize("lang", ["en", "zh-CN"])
 def test_every_label_of_the_heat_figures_is_inside_the_picture(settings, lang):
-    from diffusion.serving import render_pool as render_worker
+    from diffusion.serving import render_pool
     from diffusion.ui.i18n import load_locales
 
     text = {k.removeprefix("heat.plot."): v for k, v in load_locales()[lang].items() if k.startswith("heat.plot.")}
     result = simulate(HeatParams(**settings).validated())
     frame = max(i for i in range(len(result.times)) if np.isfinite(result.u[i]).all())
-    for fig in render_worker.heat_figures(result, frame, text):
+    for fig in render_pool.heat_figures(result, frame, text):
         fig.canvas.draw()
         box = fig.get_tightbbox(fig.canvas.get_renderer())  # everything drawn, in inches
         width, height = fig.get_size_inches()
         slack = 0.02
         assert box.x0 >= -slack and box.y0 >= -slack and box.x1 <= width + slack and box.y1 <= height + slack, \
             (box.bounds, fig.axes[0].get_title())
+
+
+# ------------------------------------------------------------------ the package
+def test_the_package_is_the_lessons_notebook_api():
+    """``from diffusion.lessons import heat`` gives every public name, and no matplotlib or torch with it."""
+    import subprocess
+    import sys
+
+    from diffusion.lessons import heat
+
+    assert len(heat.__all__) == len(set(heat.__all__))
+    assert all(hasattr(heat, name) for name in heat.__all__)
+    # r = D dt / dx^2 = 0.1 * (20 / 400) / 0.2^2, from its definition
+    assert heat.simulate(heat.HeatParams(**dataclasses.asdict(small()))).r == pytest.approx(0.125)
+    code = ("import sys; from diffusion.lessons import heat; "
+            "print(sorted(m for m in ('matplotlib', 'torch', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

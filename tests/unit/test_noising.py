@@ -12,9 +12,9 @@ import torch
 from diffusers import DDPMScheduler
 from PIL import Image
 
-from diffusion.lessons.noising import process as noising
+from diffusion.lessons import noising
 from diffusion.errors import InputError
-from diffusion.lessons.noising.process import (
+from diffusion.lessons.noising import (
     SCHEDULES,
     StepwiseChain,
     export_gif,
@@ -343,3 +343,33 @@ def test_schedule_picture_for_a_slider_move_matches_a_full_redraw(t):
         schedules_png("cosine", 1000, 1001)
     with pytest.raises(InputError):
         schedules_png("nonsense", 1000, 1)
+
+
+def test_the_package_exports_the_lessons_math_from_where_it_is_defined():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    sources = {f"diffusion.lessons.noising.{module}": set(names) for module, names in noising._SOURCES.items()}
+    assert sorted(noising.__all__) == sorted(n for names in sources.values() for n in names)
+    for module, names in sources.items():
+        for name in names:
+            assert getattr(noising, name) is getattr(importlib.import_module(module), name)
+    # The imports type checkers read name the same things as the lazy table.
+    tree = ast.parse(Path(noising.__file__).read_text(encoding="utf-8"))
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    assert {i.module: {a.name for a in i.names} for i in guarded.body} == sources
+    with pytest.raises(AttributeError):
+        noising.no_such_name  # noqa: B018
+
+
+def test_the_histogram_figure_does_not_pull_in_torch():
+    """The drawing processes import the figures module; the math (torch) loads only when used."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffusion.lessons.noising import figures; figures.histogram_data([0.5], [0.5]); "
+            "print('torch' in sys.modules, end=' '); "
+            "from diffusion.lessons import noising; noising.forward_noise; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False True"

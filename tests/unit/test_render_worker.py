@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from diffusion.lessons.heat import solver as heat
-from diffusion.lessons.noising import figures as noising_plots
-from diffusion.serving import render_pool as render_worker
+from diffusion.lessons import heat
+from diffusion.lessons.noising.figures import histogram_data
+from diffusion.serving import render_pool
 from diffusion.serving.render_pool import RenderPool
 
 PARAMS = heat.HeatParams(initial_condition="spike", diffusivity=0.1, length=100.0, n_points=200, t_end=10.0,
@@ -28,17 +28,17 @@ def pool():
 
 def local_heat() -> list[str]:
     result = heat.simulate(PARAMS)
-    return [render_worker.png_data_url(f) for f in render_worker.heat_figures(result, len(result.times) - 1, TEXT)]
+    return [render_pool.png_data_url(f) for f in render_pool.heat_figures(result, len(result.times) - 1, TEXT)]
 
 
 def test_a_worker_draws_the_same_pictures_as_this_process(pool):
     frame = len(heat.simulate(PARAMS).times) - 1
-    assert pool.run(render_worker.heat_request(PARAMS, frame, TEXT)) == local_heat()
+    assert pool.run(render_pool.heat_request(PARAMS, frame, TEXT)) == local_heat()
     rng = np.random.default_rng(0)
-    histogram = noising_plots.histogram_data(rng.standard_normal((16, 16, 3)), np.zeros((16, 16, 3)))
+    histogram = histogram_data(rng.standard_normal((16, 16, 3)), np.zeros((16, 16, 3)))
     args = (histogram, 321, TEXT)
-    pictures = pool.run(render_worker.histogram_request(*args))
-    assert pictures == render_worker.histogram_picture(*args)
+    pictures = pool.run(render_pool.histogram_request(*args))
+    assert pictures == render_pool.histogram_picture(*args)
     assert len(pictures) == 1 and pictures[0].startswith("data:image/png;base64,")
 
 
@@ -57,7 +57,7 @@ def test_two_requests_at_once_both_get_their_pictures(pool):
     """Both workers busy at once (the speed-up itself is measured by the load benchmark)."""
     import threading
 
-    request = render_worker.heat_request(PARAMS, 10, TEXT)
+    request = render_pool.heat_request(PARAMS, 10, TEXT)
     pool.run(request)  # both workers warm
     pool.run(request)
     start = time.perf_counter()
@@ -80,10 +80,10 @@ def test_a_caller_that_will_not_wait_draws_itself_while_every_worker_is_busy():
 
     pool = RenderPool(1, timeout=60)
     try:
-        histogram = render_worker.histogram_request(
-            noising_plots.histogram_data(np.zeros((8, 8, 3)), np.zeros((8, 8, 3))), 5, {})
+        histogram = render_pool.histogram_request(
+            histogram_data(np.zeros((8, 8, 3)), np.zeros((8, 8, 3))), 5, {})
         assert pool.run(histogram, wait=False)  # idle: the worker draws it
-        busy = threading.Thread(target=pool.run, args=(render_worker.heat_request(PARAMS, 10, TEXT),))
+        busy = threading.Thread(target=pool.run, args=(render_pool.heat_request(PARAMS, 10, TEXT),))
         busy.start()
         deadline = time.monotonic() + 5
         while pool._idle.qsize() and time.monotonic() < deadline:  # until the worker has taken the heat run
@@ -100,14 +100,14 @@ def test_a_refused_task_returns_none_and_the_worker_stays(pool):
     assert pool.run({"task": "heat", "params": {"diffusivity": -1.0}, "frame": 0, "text": {}}) is None
     assert pool.run({"task": "no such task"}) is None
     bad_histogram = {"edges": list(range(5000)), "noisy": [], "clean": [], "mean": 0, "std": 1}
-    assert pool.run(render_worker.histogram_request(bad_histogram, 1, {})) is None
-    assert pool.run(render_worker.heat_request(PARAMS, 0, {})) is not None
+    assert pool.run(render_pool.histogram_request(bad_histogram, 1, {})) is None
+    assert pool.run(render_pool.heat_request(PARAMS, 0, {})) is not None
 
 
 def test_a_dead_or_hanging_worker_is_replaced_and_the_caller_draws_itself():
     pool = RenderPool(1, timeout=0.05)
     try:
-        request = render_worker.heat_request(PARAMS, 0, TEXT)
+        request = render_pool.heat_request(PARAMS, 0, TEXT)
         # The first request also waits for the worker to start: longer than 0.05 s, so the
         # watchdog ends it and the caller is told to draw itself.
         assert pool.run(request) is None
@@ -122,17 +122,17 @@ def test_a_dead_or_hanging_worker_is_replaced_and_the_caller_draws_itself():
 
 
 def test_no_workers_means_draw_in_process():
-    assert RenderPool(0).run(render_worker.heat_request(PARAMS, 0, TEXT)) is None
-    assert render_worker.default_render_workers(1) == 0
-    assert render_worker.default_render_workers(2) == 2
-    assert render_worker.default_render_workers(64) == 4
+    assert RenderPool(0).run(render_pool.heat_request(PARAMS, 0, TEXT)) is None
+    assert render_pool.default_render_workers(1) == 0
+    assert render_pool.default_render_workers(2) == 2
+    assert render_pool.default_render_workers(64) == 4
 
 
 def test_the_protocol_answers_every_line_even_garbage():
     lines = ["not json\n", json.dumps({"task": "heat"}) + "\n",
-             json.dumps(render_worker.heat_request(PARAMS, 0, {})) + "\n"]
+             json.dumps(render_pool.heat_request(PARAMS, 0, {})) + "\n"]
     out = io.StringIO()
-    render_worker.serve(iter(lines), out)
+    render_pool.serve(iter(lines), out)
     replies = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["ok"] for r in replies] == [False, False, True]
     assert "JSONDecodeError" in replies[0]["error"] and len(replies[2]["pictures"]) == 4

@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from diffusion.models import registry as models
-from diffusion.lessons.sampling import sampler as sampling
+from diffusion.lessons import sampling
 from diffusion.errors import InputError
 from diffusion.lessons.sampling.sampler import SampleRequest
 

@@ -12,9 +12,15 @@ from diffusers import DDPMScheduler
 import app
 from diffusion.models import registry as models
 from diffusion.errors import InputError
-from diffusion.lessons.sampling.sampler import SampleRequest, Trajectory, sample
+from diffusion.lessons.sampling import SampleRequest, Trajectory, sample
 from diffusion.lessons.sampling.figures import SAMPLING_TEXT, plot_std
+from diffusion.serving import store as run_store
+from diffusion.serving.gpu import model_device
+from diffusion.serving.live import LiveRun
+from diffusion.serving.store import RunStore
 from diffusion.ui import sampling as tab
+from diffusion.ui.i18n import Translator
+from diffusion.ui.widgets import progress_html
 from tests.unit.test_sampling import tiny_unet
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -51,7 +57,7 @@ def run(unet, config, **changes) -> Trajectory:
 
 def test_live_run_streams_steps_and_returns_the_result(unet, config):
     request = SampleRequest(num_inference_steps=6, batch_size=2)
-    live = tab.LiveRun(lambda cb, stop: sample(unet, config, request, callback=cb, stop=stop))
+    live = LiveRun(lambda cb, stop: sample(unet, config, request, callback=cb, stop=stop))
     seen = [info.step for info in live.steps(interval=0.0)]
     assert live.done.is_set() and isinstance(live.result, Trajectory) and len(live.result) == 6
     assert seen == sorted(set(seen)) and all(0 <= s < 6 for s in seen)
@@ -68,7 +74,7 @@ def test_live_run_stop_ends_after_the_current_step(unet, config):
         return sample(unet, config, SampleRequest(sampler="ddpm", num_inference_steps=1000, batch_size=1),
                       callback=callback, stop=stop)
 
-    live = tab.LiveRun(slow)
+    live = LiveRun(slow)
     assert started.wait(30)
     live.stop()
     assert live.done.wait(30)
@@ -79,16 +85,16 @@ def test_live_run_hands_errors_to_the_streaming_side():
     def broken(cb, stop):
         raise InputError("bad_digit", "no", value="x")
 
-    live = tab.LiveRun(broken)
+    live = LiveRun(broken)
     with pytest.raises(InputError):
         list(live.steps(interval=0.0))
 
 
 def test_run_store_keeps_finished_runs_within_its_byte_budget(unet, config):
     first = run(unet, config)
-    store = tab.RunStore(max_bytes=first.nbytes * 2 + 1)
+    store = RunStore(max_bytes=first.nbytes * 2 + 1)
     ids = [store.new_id() for _ in range(3)]
-    assert len(set(ids)) == 3 and all(tab._RUN_ID.match(i) for i in ids)
+    assert len(set(ids)) == 3 and all(run_store._RUN_ID.match(i) for i in ids)
     for run_id in ids:
         store.finish(run_id, run(unet, config))
     with pytest.raises(InputError) as error:
@@ -113,7 +119,7 @@ def test_run_store_stop_reaches_a_live_run():
         def stop(self):
             self.stopped = True
 
-    store, dummy = tab.RunStore(), Dummy()
+    store, dummy = RunStore(max_bytes=2**20), Dummy()
     run_id = store.new_id()
     store.add_live(run_id, dummy)
     assert store.stop(run_id) and dummy.stopped
@@ -140,9 +146,9 @@ def test_pictures_gallery_and_summary(unet, config):
 
 
 def test_progress_html_escapes_text_and_clamps():
-    out = tab.progress_html(1.7, "<script>alert(1)</script>")
+    out = progress_html(1.7, "<script>alert(1)</script>")
     assert "<script>" not in out and "&lt;script&gt;" in out and 'aria-valuenow="100"' in out
-    assert 'width: 0.0%' in tab.progress_html(-1, "x")
+    assert 'width: 0.0%' in progress_html(-1, "x")
 
 
 def test_stream_run_validates_before_starting(tiny_registry):
@@ -160,7 +166,7 @@ def test_stream_run_validates_before_starting(tiny_registry):
 def test_zero_gpu_keeps_the_small_model_on_the_cpu(monkeypatch):
     settings = app.settings_from_args(app.parse_args(["--device", "cpu"]))
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert tab.model_device(settings) == "cpu"
+    assert model_device(settings.device) == "cpu"
 
 
 def test_std_plot_draws_one_line_per_run_with_labels(unet, config):
@@ -193,3 +199,27 @@ def test_model_events_share_the_heavy_queue(tiny_registry):
     for name in ("sample", "sample_compare"):
         assert by_name[name].concurrency_id == "heavy" and by_name[name].concurrency_limit == 2
     assert by_name["sample_stop"].queue is False  # a stop must not wait behind the run it stops
+
+
+def test_the_run_handler_streams_then_answers_every_output(tiny_registry):
+    """Called without a browser or Blocks: named outputs, a kept run, and the lesson's t shown."""
+    handlers = tab.SamplingHandlers(Translator(), "cpu")
+    answers = list(handlers.run("ddim", 4, 0.0, 3, 2, "5", 1.0, "zh-CN"))
+    final = answers[-1]
+    assert set(final) == {"status", "x_t", "x0", "eps", "gallery", "scrub", "run_id", "summary"}
+    assert all(set(a) <= set(final) for a in answers)  # no handler answer names an output the event lacks
+    summary = final["summary"]
+    assert summary["run_id"] == final["run_id"] and summary["labels"] == [5, 5] and summary["steps"] == 4
+    # DDIM's last step goes from x_1 to x_0 (diffusers' timestep 0): the paper's, and every lesson's, t = 1.
+    assert summary["last_t"] == 1
+    assert "完成" in final["status"]  # the status line speaks the caller's language
+    kept = tab.RUNS.get(final["run_id"])
+    np.testing.assert_array_equal(final["x_t"], tab.picture(kept.samples))
+    replay = handlers.replay(final["run_id"], 4, "en")
+    expected = tab.step_pictures(kept.frame(3))
+    for name, picture in zip(("x_t", "x0", "eps"), expected):
+        np.testing.assert_array_equal(replay[name], picture)
+    assert f"t = {int(kept.timesteps[3]) + 1}" in replay["status"]
+    with pytest.raises(InputError) as error:
+        handlers.replay("", 1, "en")
+    assert error.value.code == "no_run"

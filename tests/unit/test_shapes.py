@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from diffusers import StableDiffusionPipeline
 
-from diffusion.evaluate import mnist as evaluate
+from diffusion.evaluate import cli as evaluate
 from diffusion.evaluate import shape_checker
 from diffusion.datasets import shapes
-from diffusion.train import loop as train
-from diffusion.lessons.text2image import pipeline as t2i
-from diffusion.train.text2image import build_tokenizer
+from diffusion.train import cli as train
+from diffusion.lessons import text2image as t2i
+from diffusion.models.tiny_sd import build_tokenizer
 
 
 def test_scenes_are_reproducible_and_respect_the_held_out_pairings():
@@ -109,7 +109,7 @@ def test_the_pooled_caption_reaches_every_resnet_block():
     """With pooled text, two captions change the UNet's output even with cross-attention switched off."""
     import torch
 
-    from diffusion.train.text2image import build_unet
+    from diffusion.models.tiny_sd import build_unet
     torch.manual_seed(0)
     for pooled in (True, False):
         unet = build_unet((32, 32), cross_attention_dim=32, sample_size=8, latent_channels=4, head_dim=32,
@@ -128,7 +128,8 @@ def test_the_pooled_caption_reaches_every_resnet_block():
 def test_the_vae_loss_weights_the_shape_pixels():
     import torch
 
-    from diffusion.train.text2image import build_vae, shape_mask, to_pixels, vae_loss
+    from diffusion.models.tiny_sd import build_vae
+    from diffusion.train.text2image import shape_mask, to_pixels, vae_loss
     images, scenes = shapes.dataset(4, seed=5)
     mask = shape_mask(images, scenes)
     for image, scene, m in zip(images, scenes, mask):

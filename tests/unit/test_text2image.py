@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffusion.models import registry as models
-from diffusion.lessons.text2image import pipeline as t2i
+from diffusion.lessons import text2image as t2i
 from diffusion.errors import InputError
 
 WORDS = ["a", "red", "blue", "circle", "square", "on", "background", "white"]
@@ -113,6 +113,17 @@ def test_the_same_seed_gives_the_same_pixels_and_another_seed_others(pipe):
     assert pipe.scheduler.__class__ is DDIMScheduler  # runs swap schedulers on their own copy only
 
 
+@pytest.mark.parametrize("name", ["ddpm", "euler_ancestral"])
+def test_samplers_that_add_fresh_noise_draw_it_from_the_seed(pipe, name):
+    """DDPM and Euler ancestral add noise at every step: it must come from the request's generator."""
+    torch.manual_seed(0)
+    first = t2i.generate(pipe, _request(seed=3, scheduler=name))
+    torch.manual_seed(1)  # the global generator must not matter
+    again = t2i.generate(pipe, _request(seed=3, scheduler=name))
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
+    assert torch.equal(first.x_t, again.x_t)
+
+
 def test_stop_ends_the_run_cleanly_after_the_current_step(pipe):
     calls = []
     run = t2i.generate(pipe, _request(num_inference_steps=20), stop=lambda: calls.append(1) or len(calls) >= 4)
@@ -198,15 +209,15 @@ def test_a_corrupt_embedded_model_disables_only_itself(tiny_folder, tmp_path, mo
     shutil.copytree(tiny_folder, broken)
     weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated safetensors
-    monkeypatch.setattr(models, "T2I_PATH", broken)
+    monkeypatch.setitem(models.MODELS, models.T2I, models.MODELS[models.T2I].at(broken))
     models.clear_cache()
     try:
-        assert models.text2image_available(broken)
+        assert models.text2image_available()
         with pytest.raises(models.ModelUnavailable):
             models.load_text2image(None, "cpu")
-        assert not models.text2image_available(broken)  # remembered: the tab shows its notice
+        assert not models.text2image_available()  # remembered: the tab shows its notice
         (broken / "model_index.json").unlink()
-        assert not models.text2image_available(broken)
+        assert not models.text2image_available()
     finally:
         models.clear_cache()
 
@@ -228,7 +239,9 @@ def test_running_out_of_gpu_memory_retries_smaller_then_reports(pipe, monkeypatc
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(p, request, **kwargs)
 
-    monkeypatch.setattr(t2i, "generate", tight_memory)
+    from diffusion.lessons.text2image import pipeline  # where generate_within_memory finds generate
+
+    monkeypatch.setattr(pipeline, "generate", tight_memory)
     run = t2i.generate_within_memory(pipe, _request(batch_size=3))
     assert calls == [3, 1] and len(run.images) == 1 and run.request.batch_size == 3
     assert "batch_size=1" in run.summary()["fallback"]
@@ -236,7 +249,7 @@ def test_running_out_of_gpu_memory_retries_smaller_then_reports(pipe, monkeypatc
     def no_memory(p, request, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(t2i, "generate", no_memory)
+    monkeypatch.setattr(pipeline, "generate", no_memory)
     with pytest.raises(InputError) as caught:
         t2i.generate_within_memory(pipe, _request())
     assert caught.value.code == "out_of_memory"

@@ -13,9 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffusion.datasets import digits as data
-from diffusion.train import loop as train
+from diffusion.train import cli as train_cli
+from diffusion.train import mnist as train
 from diffusion.errors import InputError
-from diffusion.lessons.noising.process import make_scheduler
+from diffusion.schedule import make_scheduler
 
 TINY = ["--channels", "8,16", "--batch-size", "8", "--warmup", "0", "--threads", "2",
         "--sample-every", "0", "--log-every", "1", "--no-attention"]
@@ -157,19 +158,19 @@ def test_loss_on_a_fixed_batch_decreases(mnist):
 
 def test_resume_repeats_the_uninterrupted_run_and_export_loads(tmp_path):
     straight, paused, export = tmp_path / "straight", tmp_path / "paused", tmp_path / "export"
-    assert train.main(["mnist", "--steps", "6", "--out", str(straight), *TINY]) == 0
-    assert train.main(["mnist", "--steps", "6", "--stop-at", "3", "--out", str(paused), *TINY]) == 0
+    assert train_cli.main(["mnist", "--steps", "6", "--out", str(straight), *TINY]) == 0
+    assert train_cli.main(["mnist", "--steps", "6", "--stop-at", "3", "--out", str(paused), *TINY]) == 0
     state = json.loads((paused / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3
     assert json.loads((paused / "train_info.json").read_text())["finished"] is False
     # An existing run is never overwritten, and a resumed run keeps its settings.
-    assert train.main(["mnist", "--steps", "6", "--out", str(paused), *TINY]) == 2
-    assert train.main(["mnist", "--steps", "6", "--out", str(paused), "--resume", *TINY, "--lr", "1e-3"]) == 2
+    assert train_cli.main(["mnist", "--steps", "6", "--out", str(paused), *TINY]) == 2
+    assert train_cli.main(["mnist", "--steps", "6", "--out", str(paused), "--resume", *TINY, "--lr", "1e-3"]) == 2
     # A save cut off between its two renames leaves only the previous checkpoint: resume from it.
     (paused / "checkpoint").rename(paused / "checkpoint.old")
 
-    assert train.main(["mnist", "--steps", "6", "--out", str(paused), "--resume", *TINY,
-                       "--sample-every", "6", "--grid-columns", "1", "--export", str(export)]) == 0
+    assert train_cli.main(["mnist", "--steps", "6", "--out", str(paused), "--resume", *TINY,
+                           "--sample-every", "6", "--grid-columns", "1", "--export", str(export)]) == 0
     info = json.loads((paused / "train_info.json").read_text())
     assert info["steps"] == 6 and info["finished"] is True and len(info["invocations"]) == 2
     assert info["invocations"][1]["start_step"] == 3 and "--resume" in info["invocations"][1]["command"]

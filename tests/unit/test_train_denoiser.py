@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffusion.evaluate import mnist as evaluate
-from diffusion.train import loop as train
+from diffusion.evaluate import cli as evaluate
+from diffusion.train import cli as train
 from diffusion.models.denoiser_net import NoiseLevels, build_denoiser_unet, sigma_to_model
-from diffusion.lessons.denoising.denoiser import DiffusionDenoiser
+from diffusion.lessons.denoising import DiffusionDenoiser
 from diffusion.errors import InputError
-from diffusion.lessons.noising.process import make_scheduler
+from diffusion.schedule import make_scheduler
 from diffusion.train.denoiser import PatchSampler, denoiser_loss, load_grey_folder
 
 TINY = ["--channels", "8,16", "--patch", "32", "--batch-size", "2", "--val-images", "1", "--validate-every", "3",

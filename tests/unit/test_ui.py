@@ -282,3 +282,39 @@ def test_picture_files_encode_each_picture_once_and_delete_what_they_drop():
     # The name a download gets starts with the one given, made safe for a file name.
     named = store.path("d", lambda: pictures["a"], name="x_t cosine/../t=250")
     assert Path(named).name.startswith("x_t_cosine_.._t_250_") and Path(named).parent == Path(again).parent
+
+
+def test_the_english_plot_text_in_the_locale_file_is_each_figure_module_s_own():
+    """Figures carry English defaults for notebooks; the UI's English must not drift from them."""
+    from diffusion.lessons.denoising.figures import DENOISE_TEXT
+    from diffusion.lessons.heat.figures import HEAT_TEXT
+    from diffusion.lessons.noising.figures import NOISING_TEXT
+    from diffusion.lessons.sampling.figures import SAMPLING_TEXT
+
+    english = i18n.load_locales()["en"]
+    for prefix, defaults in (("heat.plot.", HEAT_TEXT), ("noising.plot.", NOISING_TEXT),
+                             ("sampling.plot.", SAMPLING_TEXT), ("denoising.plot.", DENOISE_TEXT)):
+        shown = {k[len(prefix):]: v for k, v in english.items() if k.startswith(prefix)}
+        assert {k: shown.get(k) for k in defaults} == defaults, prefix
+
+
+def test_bind_turns_named_outputs_into_component_updates():
+    import gradio as gr
+
+    first, second = gr.Textbox(), gr.Number()
+    outputs = {"text": first, "number": second}
+
+    def handler(x):
+        return {"number": x} if x else {}
+
+    def streaming(x):
+        yield {"text": "started"}
+        yield {"text": "done", "number": x}
+
+    bound = handlers.bind(handler, outputs)
+    assert bound(3) == {second: 3}
+    assert bound(0) == gr.skip()  # an empty answer updates nothing
+    assert list(handlers.bind(streaming, outputs)(5)) == [{first: "started"}, {first: "done", second: 5}]
+    assert handlers.bind(lambda: gr.skip(), outputs)() == gr.skip()
+    with pytest.raises(KeyError):
+        handlers.bind(lambda: {"missing": 1}, outputs)()

@@ -36,7 +36,6 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,8 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from diffusion.models import registry
+from diffusion.reverse import Recorder, StepCallback, StepInfo, StopFlag, Trajectory, should_stop
 from diffusion.models.denoiser_net import (
     SIGMA_MAX_255,
     NoiseLevels,
@@ -61,23 +62,43 @@ _OPPONENT_NOISE = np.sqrt(np.square(_OPPONENT).sum(axis=1))
 _OPPONENT_INV = np.linalg.inv(_OPPONENT)
 
 
-@dataclass
-class MultiStepRun:
-    """A multi-step run: the final image and the path it took.
+@dataclass(eq=False, kw_only=True)
+class MultiStepRun(Trajectory):
+    """A multi-step run: the final image, and the path it took (the contract's trajectory).
+
+    The recorded frames are the network's planes (float32, ``(steps, C, 1, H, W)``, the
+    colour space of ``color``); the properties below turn them into pictures.
 
     Attributes:
         image: The result ``(H, W, C)`` on the ``[0, 1]`` scale.
+        color: How the planes map to colours (see :func:`to_channels`).
+        noisy: The photo the run started from, ``[0, 1]`` scale.
         taus: The timesteps visited, from τ* down to -1 (the first channel's, for colour).
         sigmas_255: The noise left at each visited step, on the 0–255 scale of the input.
-        frames: ``x_τ / √ᾱ_τ`` (the image with its remaining noise) at each visited τ, ``[0, 1]`` scale.
-        predictions: x̂_0 predicted at each step, ``[0, 1]`` scale.
+        plane_alpha_bar: ᾱ of every plane at each visited τ, ``(len(taus), C)``: in colour each
+            opponent plane runs on its own schedule.
     """
 
     image: np.ndarray
+    color: str
+    noisy: np.ndarray
     taus: list[float]
     sigmas_255: list[float]
-    frames: list[np.ndarray]
-    predictions: list[np.ndarray]
+    plane_alpha_bar: np.ndarray | None = None
+
+    @property
+    def frames(self) -> list[np.ndarray]:
+        """``x_τ / √ᾱ_τ`` (the image with its remaining noise) at each visited τ, ``[0, 1]`` scale."""
+        inner = []
+        for i in range(1, len(self)):
+            a = torch.from_numpy(self.plane_alpha_bar[i]).float().view(-1, 1, 1, 1)
+            inner.append(from_channels((self.x_t[i] / a.sqrt())[:, 0].double().numpy(), self.color))
+        return [self.noisy, *inner, self.image] if len(self) else [self.image]
+
+    @property
+    def predictions(self) -> list[np.ndarray]:
+        """x̂_0 predicted at each step, ``[0, 1]`` scale."""
+        return [from_channels(self.x0_pred[i][:, 0].double().numpy(), self.color) for i in range(len(self))]
 
 
 def to_channels(image: np.ndarray, color: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,9 +127,10 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def choose_precision(device: torch.device, precision: str = "auto") -> str:
     """The network's precision: ``auto`` takes bf16 where the hardware computes it natively.
 
-    On a CPU with AVX-512 BF16 or AMX, bf16 convolutions take about half the time of fp32
-    and change the denoised image by about 0.002 dB (measured on Set12); elsewhere bf16
-    would be emulated and slower, so ``auto`` keeps fp32. On CUDA ``auto`` is fp16.
+    On a CPU with AVX-512 BF16 or AMX, bf16 convolutions are much cheaper than fp32 and
+    leave the denoised image's PSNR practically unchanged (the model card has the
+    figures); elsewhere bf16 would be emulated and slower, so ``auto`` keeps fp32. On CUDA
+    ``auto`` is fp16.
     """
     if precision != "auto":
         if precision not in PRECISIONS:
@@ -139,7 +161,7 @@ class DiffusionDenoiser:
                  precision: str = "auto") -> None:
         unshuffle_factor(unet)  # refuses a network that is not a denoiser
         self.precision = choose_precision(unet.device, precision)
-        # channels-last weights let oneDNN pick faster convolutions: ~15% less CPU, same numbers
+        # channels-last weights let oneDNN pick faster convolutions, with the same numbers
         self.unet = unet.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.levels = NoiseLevels.from_scheduler(DDPMScheduler.from_config(scheduler_config))
         self.sigma_max_255 = float(sigma_max_255)
@@ -194,9 +216,13 @@ class DiffusionDenoiser:
 
     @torch.inference_mode()
     def multi_step(self, noisy: np.ndarray, sigma_255: float, steps: int = 10, eta: float = 0.0,
-                   seed: int = 0, color: str = DEFAULT_COLOR,
-                   on_step: Callable[[int, int], None] | None = None) -> MultiStepRun:
+                   seed: int = 0, color: str = DEFAULT_COLOR, callback: StepCallback | None = None,
+                   stop: StopFlag | None = None) -> MultiStepRun:
         """DDIM from τ* to the clean image (module docstring), ``steps`` network calls.
+
+        Follows the run contract of :mod:`diffusion.reverse`: each step is reported to
+        ``callback`` (network planes ``(C, 1, H, W)`` on the ``[-1, 1]`` scale) and ``stop``
+        is polled after it.
 
         Args:
             noisy: ``(H, W, C)`` on the ``[0, 1]`` scale.
@@ -205,164 +231,57 @@ class DiffusionDenoiser:
             eta: 0 for deterministic DDIM, 1 for DDPM-like fresh noise at each step.
             seed: Seeds the fresh noise when ``eta > 0``.
             color: ``"opponent"`` or ``"rgb"``.
-            on_step: Called as ``on_step(i, steps)`` after step ``i`` (1-based); it may raise to stop the run.
+            callback: Called with each step's :class:`~diffusion.reverse.StepInfo`.
+            stop: Polled after every step; True ends the run there (``stopped``).
         """
+        start = time.perf_counter()
         if sigma_255 <= 0:
             image = noisy.astype(np.float64, copy=True)
-            return MultiStepRun(image, [-1.0], [0.0], [image], [image])
+            return MultiStepRun(**Recorder(dtype=torch.float32).fields(), seconds=0.0, image=image, color=color,
+                                noisy=image, taus=[-1.0], sigmas_255=[0.0])
         y, sigmas = self._planes(noisy, sigma_255, color)
         tau_star = self.levels.tau(sigmas)  # (C,)
         grid = np.linspace(tau_star, -1.0, steps + 1)  # (steps + 1, C)
         abars = self.levels.alpha_bar(grid)
         generator = torch.Generator().manual_seed(int(seed))
         x = y * torch.from_numpy(np.sqrt(abars[0])).float().view(-1, 1, 1, 1).to(self.device)
-        frames, predictions = [from_channels(y[:, 0].double().cpu().numpy(), color)], []
+        recorder = Recorder(dtype=torch.float32)  # frames become pictures later: keep them exact
+        stopped, done = False, 0
         for i in range(steps):
             a_t = torch.from_numpy(abars[i]).float().view(-1, 1, 1, 1).to(self.device)
             a_prev = torch.from_numpy(abars[i + 1]).float().view(-1, 1, 1, 1).to(self.device)
             eps = self._eps(x, torch.from_numpy(grid[i]).float().to(self.device))
             x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1.0, 1.0)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # the noise that the clipped x̂_0 implies
+            info = StepInfo(step=i, total=steps, t=float(grid[i, 0]), alpha_bar=float(abars[i, 0]),
+                            x_t=x, x0_pred=x0, eps_pred=eps)
+            recorder.add(info)
+            if callback is not None:
+                callback(info)
             s = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - s**2).clamp(min=0).sqrt() * eps
             if eta > 0:
                 x = x + s * torch.randn(x.shape, generator=generator).to(self.device)
-            predictions.append(from_channels(x0[:, 0].double().cpu().numpy(), color))
-            frames.append(from_channels((x / a_prev.sqrt())[:, 0].double().cpu().numpy(), color))
-            if on_step is not None:
-                on_step(i + 1, steps)
-        remaining = self.levels.sigma(grid[:, 0]) / self.levels.sigma(grid[0, 0])
-        return MultiStepRun(frames[-1], grid[:, 0].tolist(), (sigma_255 * remaining).tolist(), frames, predictions)
+            done = i + 1
+            if should_stop(stop, done, steps):
+                stopped = True
+                break
+        a_last = torch.from_numpy(abars[done]).float().view(-1, 1, 1, 1).to(self.device)
+        image = from_channels((x / a_last.sqrt())[:, 0].double().cpu().numpy(), color)
+        remaining = self.levels.sigma(grid[:done + 1, 0]) / self.levels.sigma(grid[0, 0])
+        return MultiStepRun(**recorder.fields(), seconds=time.perf_counter() - start, stopped=stopped,
+                            device=str(self.device), image=image, color=color,
+                            noisy=from_channels(y[:, 0].double().cpu().numpy(), color),
+                            taus=grid[:done + 1, 0].tolist(), sigmas_255=(sigma_255 * remaining).tolist(),
+                            plane_alpha_bar=abars[:done + 1])
 
 
-# --- the side-by-side comparison -------------------------------------------------------------
+def load_denoiser(device: torch.device | str = "cpu", path: str | Path | None = None) -> DiffusionDenoiser:
+    """Lesson 4's denoiser from the registry (loaded once per device and shared), or from ``path``.
 
-METHODS = ("diffusion_one_step", "diffusion_multi_step", "gaussian_heat", "total_variation", "nl_means", "bm3d")
-DIFFUSION_METHODS = METHODS[:2]
-
-
-@dataclass
-class MethodResult:
-    """One method's output, scored.
-
-    Attributes:
-        name: A key of :data:`METHODS`.
-        image: The returned image, uint8 ``(H, W, C)``: the very pixels PSNR and SSIM were computed on.
-        seconds: Wall-clock time of the method.
-        cpu_seconds: CPU time of the whole process during the method (all threads).
-        psnr: PSNR in dB against the clean image, or None when it is unknown.
-        ssim: SSIM against the clean image, or None.
-        details: Method parameters worth showing (blur and diffusion time, steps, t*…).
-        run: The multi-step path (for ``diffusion_multi_step``).
+    Raises:
+        ModelUnavailable: The registered folder is missing, incomplete or corrupt (remembered).
     """
-
-    name: str
-    image: np.ndarray
-    seconds: float
-    cpu_seconds: float
-    psnr: float | None = None
-    ssim: float | None = None
-    details: dict | None = None
-    run: MultiStepRun | None = None
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """``[0, 1]`` floats → uint8, clipped and rounded (what a saved PNG holds)."""
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-
-
-def add_noise(clean: np.ndarray, sigma_255: float, seed: int, quantise: bool = True) -> np.ndarray:
-    """``clean + σ ε`` with ε ~ N(0, I) from a seeded generator, on the ``[0, 1]`` scale.
-
-    Args:
-        clean: uint8 ``(H, W, C)``.
-        sigma_255: Noise standard deviation on the 0–255 scale.
-        seed: Seed of ``numpy.random.default_rng``: the same seed gives the same noise.
-        quantise: Clip and round to 8 bits, as a saved noisy photo would be. The
-            benchmark protocol (:mod:`diffusion.evaluate.mnist`) keeps the raw floats.
-    """
-    rng = np.random.default_rng(int(seed))
-    noisy = clean.astype(np.float64) + sigma_255 * rng.standard_normal(clean.shape)
-    if quantise:
-        noisy = np.clip(np.rint(noisy), 0, 255)
-    return noisy / 255.0
-
-
-def score(image: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of a uint8 image against the uint8 clean one (scikit-image, data range 255).
-
-    SSIM is scikit-image's default (7×7 uniform window), averaged over channels for colour.
-    """
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    psnr = peak_signal_noise_ratio(clean, image, data_range=255)
-    if clean.shape[-1] == 1:
-        ssim = structural_similarity(clean[:, :, 0], image[:, :, 0], data_range=255)
-    else:
-        ssim = structural_similarity(clean, image, data_range=255, channel_axis=-1)
-    return float(psnr), float(ssim)
-
-
-def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndarray | None = None,
-               denoiser: DiffusionDenoiser | None = None, steps: int = 10, eta: float = 0.0, seed: int = 0,
-               color: str = DEFAULT_COLOR, on_step: Callable[[int, int], None] | None = None) -> MethodResult:
-    """Run one method on ``noisy`` (``[0, 1]`` scale) at noise level ``sigma_255`` and score it.
-
-    Args:
-        name: A key of :data:`METHODS`; the diffusion methods need ``denoiser``.
-        clean: The uint8 clean image when known, for PSNR and SSIM.
-        steps, eta, seed: Multi-step settings (see :meth:`DiffusionDenoiser.multi_step`).
-        color: Colour handling of the diffusion methods.
-        on_step: Progress callback of the multi-step method (see :meth:`DiffusionDenoiser.multi_step`).
-    """
-    from diffusion.lessons.denoising import classical  # scikit-image is slow to import
-
-    if name in DIFFUSION_METHODS and denoiser is None:
-        raise ValueError(f"{name} needs a trained denoiser")
-    details: dict = {}
-    run = None
-    wall, cpu = time.perf_counter(), time.process_time()
-    if name in DIFFUSION_METHODS:
-        # t* on the lessons' scale (t = τ + 1, t = 0 is clean) for the image's σ; in colour
-        # each opponent plane starts at its own, lower level.
-        details = {"t_star": round(float(denoiser.levels.tau(sigma_to_model(sigma_255))) + 1.0, 2)}
-    if name == "diffusion_one_step":
-        out = denoiser.one_step(noisy, sigma_255, color)
-    elif name == "diffusion_multi_step":
-        run = denoiser.multi_step(noisy, sigma_255, steps=steps, eta=eta, seed=seed, color=color, on_step=on_step)
-        out = run.image
-        details.update(steps=steps, eta=eta)
-    elif name == "gaussian_heat":
-        std, diffusion_time = classical.heat_time(sigma_255)
-        out = classical.gaussian_heat(noisy, sigma_255)
-        details = {"blur_std_px": round(std, 3), "diffusion_time_px2": round(diffusion_time, 3)}
-    elif name == "total_variation":
-        out = classical.total_variation(noisy, sigma_255)
-    elif name == "nl_means":
-        out = classical.nl_means(noisy, sigma_255)
-    elif name == "bm3d":
-        out = classical.bm3d(noisy, sigma_255)
-    else:
-        raise ValueError(f"unknown method {name!r}")
-    image = to_uint8(out)
-    result = MethodResult(name, image, time.perf_counter() - wall, time.process_time() - cpu,
-                          details=details, run=run)
-    if clean is not None:
-        result.psnr, result.ssim = score(image, clean)
-    return result
-
-
-def summary(sigma_255: float, sigma_estimated: float | None, results: list[MethodResult],
-            noisy: MethodResult | None = None) -> dict:
-    """The JSON summary: ``sigma``, ``sigma_estimated`` and ``methods: {name: {psnr, ssim, seconds}}``."""
-    def entry(r: MethodResult) -> dict:
-        return {"psnr": None if r.psnr is None else round(r.psnr, 3),
-                "ssim": None if r.ssim is None else round(r.ssim, 4),
-                "seconds": round(r.seconds, 3), **(r.details or {})}
-
-    out = {"sigma": round(float(sigma_255), 3),
-           "sigma_estimated": None if sigma_estimated is None else round(float(sigma_estimated), 3),
-           "methods": {r.name: entry(r) for r in results}}
-    if noisy is not None:
-        out["noisy"] = {"psnr": noisy.psnr and round(noisy.psnr, 3), "ssim": noisy.ssim and round(noisy.ssim, 4)}
-    return out
+    if path is not None and Path(path) != registry.MODELS[registry.DENOISER].path:
+        return DiffusionDenoiser.from_folder(path, device)  # a benchmark's or a test's own folder
+    return registry.load(registry.DENOISER, device, lambda folder, dev: DiffusionDenoiser.from_folder(folder, dev))

@@ -18,7 +18,10 @@ from matplotlib.ticker import NullLocator
 
 from diffusion.errors import check_range
 from diffusion.figures import merged_text, new_figure, unicode_log_labels
-from diffusion.lessons.heat.solver import LIMITS, HeatResult, exact_solution, heat_kernel, total_mass
+from diffusion.lessons.heat.exact import exact_solution, heat_kernel
+from diffusion.lessons.heat.grid import total_mass
+from diffusion.lessons.heat.params import LIMITS
+from diffusion.lessons.heat.simulation import HeatResult
 
 HEAT_TEXT: dict[str, str] = {
     "x_label": "position x (length units)",
@@ -64,8 +67,8 @@ _NOTE_BOX = {"boxstyle": "round", "facecolor": "white", "edgecolor": "#c62828", 
 
 def _figure(left: float = 0.125) -> Figure:
     """A figure with fixed margins: the heat tab draws five per run and one per slider
-    move, and constrained layout (which measures every tick label first) was about
-    40 % of their rendering time. ``left`` leaves room for the y tick labels."""
+    move, and constrained layout, which measures every tick label first, would take a
+    large share of their rendering time. ``left`` leaves room for the y tick labels."""
     fig = new_figure(WIDTH, HEIGHT, layout=None)
     fig.subplots_adjust(left=left, right=0.965, top=0.89, bottom=0.155)
     return fig
@@ -117,7 +120,7 @@ def plot_heatmap(result: HeatResult, text: Mapping[str, str] | None = None) -> F
     """x-t heat map of the numerical solution; rows after a blow-up are greyed out.
 
     Args:
-        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.simulate`.
         text: Translations for keys of ``HEAT_TEXT``.
 
     Returns:
@@ -181,7 +184,7 @@ def plot_profile(result: HeatResult, frame_index: int,
     """Numerical and exact u(x, t) at one stored frame, on axes fixed for the whole run.
 
     Args:
-        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.simulate`.
         frame_index: Index into ``result.times``.
         text: Translations for keys of ``HEAT_TEXT``.
 
@@ -216,7 +219,7 @@ def plot_error(result: HeatResult, text: Mapping[str, str] | None = None) -> Fig
     """max_x |u - u_exact| against time on a log axis (round-off-sized values omitted).
 
     Args:
-        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.simulate`.
         text: Translations for keys of ``HEAT_TEXT``.
 
     Returns:
@@ -250,7 +253,7 @@ def plot_mass(result: HeatResult, text: Mapping[str, str] | None = None) -> Figu
     """Total heat against time with the t = 0 value as a reference line.
 
     Args:
-        result: Output of :func:`diffusion.lessons.heat.solver.simulate`.
+        result: Output of :func:`diffusion.lessons.heat.simulate`.
         text: Translations for keys of ``HEAT_TEXT``.
 
     Returns:

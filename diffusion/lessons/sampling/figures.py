@@ -12,11 +12,12 @@ from collections.abc import Mapping, Sequence
 from matplotlib.figure import Figure
 
 from diffusion.figures import merged_text, new_figure
-from diffusion.lessons.sampling.sampler import Trajectory, std_curve
+from diffusion.lessons.sampling.pictures import std_curve
+from diffusion.lessons.sampling.sampler import Trajectory
 
 SAMPLING_TEXT: dict[str, str] = {
     "std_title": "Pixel spread of x_t during sampling (same starting noise)",
-    "std_xlabel": "timestep t (sampling runs from t = T - 1 down to 0)",
+    "std_xlabel": "timestep t (sampling runs from t = T down to 1)",
     "std_ylabel": "standard deviation of x_t pixels ([-1, 1] scale)",
     "std_run": "{sampler}, {steps} steps ({seconds:.1f} s)",
     "std_run_stopped": "{sampler}, stopped after {steps} steps",

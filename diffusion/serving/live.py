@@ -1,0 +1,101 @@
+"""A live run: any reverse loop of :mod:`diffusion.reverse` in a worker thread, streamed.
+
+A tab's event handler is a generator that gradio runs in its own worker thread. The
+loop runs in a second thread (:class:`LiveRun`); its callback keeps only the newest
+step, and :meth:`LiveRun.steps` hands the handler the first step at once and then the
+newest one every ``interval`` seconds. A run of 1000 steps therefore neither floods the
+browser with frames nor waits for it: each streamed frame costs the server some CPU
+(pictures and gradio's bookkeeping), so the frame rate is capped.
+
+Stopping follows the contract's rule 2: :meth:`LiveRun.stop` sets the flag the loop
+polls after every step. The handler calls it in a ``finally`` block, so a closed page or
+a cancelled event ends the worker too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from diffusion.reverse import StepCallback, StepInfo, StopFlag
+
+FRAME_INTERVAL_S = 0.25  # at most ~4 streamed frames a second (see the module docstring)
+FIRST_FRAME_POLL_S = 0.02  # the first step is sent as soon as it exists
+
+
+class LiveRun:
+    """One run in a worker thread, with its newest step kept for streaming.
+
+    Args:
+        target: ``target(callback, stop)`` runs the loop with the contract's callback and
+            stop flag and returns its result (a :class:`~diffusion.reverse.Trajectory`, or a
+            lesson's result holding one).
+        name: The worker thread's name (shows in stack dumps).
+    """
+
+    def __init__(self, target: Callable[[StepCallback, StopFlag], Any], name: str = "live-run") -> None:
+        self.stop_event = threading.Event()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._latest: StepInfo | None = None
+        self._lock = threading.Lock()
+        self._target = target
+        self.started = time.perf_counter()
+        self._thread = threading.Thread(target=self._main, daemon=True, name=name)
+        self._thread.start()
+
+    def _callback(self, info: StepInfo) -> None:
+        copy = info.to_cpu()
+        with self._lock:
+            self._latest = copy
+
+    def _main(self) -> None:
+        try:
+            self.result = self._target(self._callback, self.stop_event.is_set)
+        except BaseException as error:  # noqa: BLE001 - handed to the streaming thread
+            self.error = error
+        finally:
+            self.done.set()
+
+    def steps(self, interval: float = FRAME_INTERVAL_S) -> Iterator[StepInfo]:
+        """Yield the first step at once, then the newest step about every ``interval`` seconds.
+
+        Ends when the run ends; raises what the run raised.
+        """
+        last = -1
+        while True:
+            finished = self.done.wait(interval if last >= 0 else FIRST_FRAME_POLL_S)
+            with self._lock:
+                info = self._latest
+            # A run that ends before the first poll still shows one step before its final frame.
+            if info is not None and info.step != last and (not finished or last < 0):
+                last = info.step
+                yield info
+            if finished:
+                break
+        if self.error is not None:
+            raise self.error
+
+    def wait(self, interval: float = FRAME_INTERVAL_S) -> Iterator[StepInfo | None]:
+        """Like :meth:`steps`, but also yields ``None`` every ``interval`` while no new step came.
+
+        For loops without steps (a classical denoiser): the handler can still show it is alive.
+        """
+        last = -1
+        while not self.done.wait(interval):
+            with self._lock:
+                info = self._latest
+            if info is not None and info.step != last:
+                last = info.step
+                yield info
+            else:
+                yield None
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """Ask the loop to end after its current step."""
+        self.stop_event.set()
