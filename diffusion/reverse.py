@@ -132,6 +132,16 @@ class Trajectory:
                         alpha_bar=float(self.alpha_bar[i]), x_t=self.x_t[i].float(),
                         x0_pred=self.x0_pred[i].float(), eps_pred=self.eps[i].float())
 
+    def scrub(self, step: Any) -> StepInfo:
+        """The frame a 1-based step slider points at, clamped into the run (a slider may send 0 or more).
+
+        Raises:
+            InputError: ``not_a_number`` when ``step`` is not a finite number; see :meth:`frame`.
+        """
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
+            raise InputError("not_a_number", "step must be a number.", name="step")
+        return self.frame(int(min(max(step, 1), len(self))) - 1)
+
 
 @dataclass
 class Recorder:

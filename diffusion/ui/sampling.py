@@ -28,7 +28,6 @@ import gradio as gr
 import numpy as np
 import torch
 
-from diffusion.errors import InputError
 from diffusion.images import save_gif
 from diffusion.lessons.sampling import (
     DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
@@ -101,11 +100,6 @@ def stream_run(request: SampleRequest, device: str, run_id: str,
     return live, live.steps()
 
 
-def _check_step(step: Any) -> None:
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
-        raise InputError("not_a_number", "step must be a number.", name="step")
-
-
 class SamplingHandlers:
     """The tab's event handlers; each yields or returns ``{output name: value}``.
 
@@ -154,8 +148,7 @@ class SamplingHandlers:
         """``/sample_scrub``: step ``step`` (1-based) of a finished run, from the store."""
         trajectory = RUNS.get(current_id)
         n = len(trajectory)
-        _check_step(step)
-        info = trajectory.frame(int(min(max(step, 1), n)) - 1)
+        info = trajectory.scrub(step)
         text = self.tr.text("sampling.scrubbed", lang, step=info.step + 1, total=n, t=display_t(info.t),
                             alpha_bar=info.alpha_bar)
         x_t, x0, eps = step_pictures(info)

@@ -23,7 +23,6 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from diffusion.errors import InputError
 from diffusion.images import check_upload, load_image
 from diffusion.lessons import text2image as t2i
 from diffusion.models import registry as models
@@ -52,11 +51,6 @@ SCHEDULER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_anc
 def _pictures(info: Any, decode: Any) -> tuple[np.ndarray, np.ndarray]:
     """The latent z_t of one step as a picture, and its x̂₀ decoded by the VAE."""
     return t2i.latent_picture(info.x_t), t2i.to_uint8(decode(info.x0_pred))
-
-
-def _check_step(step: Any) -> None:
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step):
-        raise InputError("not_a_number", "step must be a number.", name="step")
 
 
 class TextToImageHandlers:
@@ -134,8 +128,7 @@ class TextToImageHandlers:
         """``/text_to_image_scrub``: z_t and the decoded x̂₀ of step ``step`` (1-based) of a kept run."""
         generation = RUNS.get(current_id)
         n = len(generation)
-        _check_step(step)
-        info = generation.frame(int(min(max(step, 1), n)) - 1)
+        info = generation.scrub(step)
         text = self.tr.text("text2image.scrubbed", lang, step=info.step + 1, total=n, t=display_t(info.t),
                             alpha_bar=info.alpha_bar)
         return {"status": progress_html((info.step + 1) / n, text), "latent": t2i.latent_picture(info.x_t),
