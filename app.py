@@ -1,6 +1,6 @@
 """Diffusion Lab: an interactive web app that teaches how diffusion models work.
 
-Run ``python app.py --help`` for the options. The app serves five lesson tabs, each
+Run ``python app.py --help`` for the options. The app serves six lesson tabs, each
 built by one module in ``diffusion/ui/``; the computations live in ``diffusion/``.
 """
 
@@ -25,12 +25,12 @@ import torch
 import diffusion
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
 from diffusion.serving.render_pool import RenderPool, default_render_workers
-from diffusion.ui import denoising, heat, noising, sampling, text2image
+from diffusion.ui import denoising, heat, lab2d, noising, sampling, text2image
 from diffusion.ui.i18n import FORCE_LANG_JS, SWITCH_LANG_JS, Translator
 from diffusion.ui.patches import publish_cached_images_atomically
 from diffusion.ui.settings import AppSettings
 
-TABS = (heat, noising, sampling, denoising, text2image)  # the lesson order
+TABS = (heat, noising, lab2d, sampling, denoising, text2image)  # the lesson order
 ROOT = Path(__file__).resolve().parent
 
 CSS = """

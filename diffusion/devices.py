@@ -55,8 +55,8 @@ def server_threads(cores: int | None = None) -> int:
     """torch CPU threads per model job when serving a class: half the cores, at most 4.
 
     The app's models are small: run from a worker thread (as the server runs them), more
-    threads make lessons 3 and 5 slower, because OpenMP hands every tiny operation to a
-    thread that has to be woken; only lesson 4's denoiser gains a little. One thread per
+    threads make lessons 4 and 6 slower, because OpenMP hands every tiny operation to a
+    thread that has to be woken; only lesson 5's denoiser gains a little. One thread per
     job also leaves the other cores to the heat-equation and noising requests of the rest
     of the class. ``python -m diffusion.bench text2image`` and ``sampling`` show the effect.
     """

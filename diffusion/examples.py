@@ -41,7 +41,7 @@ SOURCES = {
     "chelsea-noisy.png": (
         "chelsea.png (below) with Gaussian noise of standard deviation 20 (0–255 scale) added, "
         "drawn by `numpy.random.default_rng(0)`, then rounded and clipped to 8 bits: an "
-        "already-noisy photo for lesson 4's noise estimate.",
+        "already-noisy photo for lesson 5's noise estimate.",
         "CC0, like chelsea.png.",
     ),
     "chelsea.png": (
@@ -56,7 +56,7 @@ def list_examples(noisy: bool = False) -> list[Path]:
     """The bundled example images, sorted by file name.
 
     Args:
-        noisy: Include the already-noisy photos (``*-noisy.png``, for lesson 4).
+        noisy: Include the already-noisy photos (``*-noisy.png``, for lesson 5).
 
     Returns:
         Paths of the ``.png`` files in :data:`EXAMPLES_DIR` (empty if none).

@@ -1,7 +1,7 @@
 """The one reverse-process contract: many loops, one way to report, stop and record.
 
-Every loop in this app that walks from noise back to data (lesson 3's digit samplers,
-lesson 4's multi-step denoiser, lesson 5's pipeline run, the training preview grids)
+Every loop in this app that walks from noise back to data (lesson 4's digit samplers,
+lesson 5's multi-step denoiser, lesson 6's pipeline run, the training preview grids)
 follows the same three rules, as k-diffusion's samplers do with their
 ``callback({'x', 'i', 'sigma', 'denoised'})``:
 
@@ -39,7 +39,7 @@ from diffusion.errors import InputError, check_range
 class StepInfo:
     """The callback payload of one step.
 
-    Tensors are ``(B, C, H, W)`` (latents for lesson 5, network planes for lesson 4).
+    Tensors are ``(B, C, H, W)`` (latents for lesson 6, network planes for lesson 5).
 
     Attributes:
         step: Index of this step, 0 .. total - 1.

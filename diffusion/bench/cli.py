@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from diffusion import cli
-from diffusion.bench import denoise, heat, load, noising, sampling, text2image
+from diffusion.bench import denoise, heat, lab2d, load, noising, sampling, text2image
 
-SUBCOMMANDS = (heat.add_subcommand, noising.add_subcommand, sampling.add_subcommand, denoise.add_subcommand,
-               text2image.add_subcommand, load.add_subcommand)
+SUBCOMMANDS = (heat.add_subcommand, noising.add_subcommand, lab2d.add_subcommand, sampling.add_subcommand,
+               denoise.add_subcommand, text2image.add_subcommand, load.add_subcommand)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""``python -m diffusion.bench denoise``: lesson 4's methods timed side by side on one photo.
+"""``python -m diffusion.bench denoise``: lesson 5's methods timed side by side on one photo.
 
-Lesson 4's comparison on a colour photo (scikit-image's astronaut) at the tab's
+Lesson 5's comparison on a colour photo (scikit-image's astronaut) at the tab's
 working size, σ = 25: wall and CPU seconds of every method (best of ``--repeat``),
 each also as a ratio to BM3D, plus the model's first-call (cold) time. Quality is
 measured by ``python -m diffusion.evaluate denoise``.
@@ -17,7 +17,7 @@ from diffusion import cli
 
 
 def run_denoise(args: argparse.Namespace) -> int:
-    """Time each method of lesson 4 on one photo, side by side, in one run."""
+    """Time each method of lesson 5 on one photo, side by side, in one run."""
     import torch
 
     from diffusion import images
@@ -42,7 +42,7 @@ def run_denoise(args: argparse.Namespace) -> int:
         runs = runs[1:] if method.startswith("diffusion") else runs  # the first network call warms up
         best = min(runs, key=lambda r: r.seconds)
         rows[method] = (best.seconds, min(r.cpu_seconds for r in runs), best.psnr, cold)
-    print(f"Lesson 4 on skimage's astronaut at {clean.shape[1]}x{clean.shape[0]}, sigma = 25, "
+    print(f"Lesson 5 on skimage's astronaut at {clean.shape[1]}x{clean.shape[0]}, sigma = 25, "
           f"torch threads {torch.get_num_threads()}; model load {load_s:.2f} s")
     ref = rows.get("bm3d")
     print(f"{'method':<22}{'wall s':>9}{'CPU s':>9}{'PSNR dB':>9}  {'BM3D CPU / this CPU':>20}")
@@ -58,7 +58,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``denoise`` with ``python -m diffusion.bench``."""
     parser = subparsers.add_parser(
         "denoise", help="time of every lesson-4 method on one photo",
-        description="Lesson 4: wall and CPU time of each denoiser on a colour photo, with ratios to BM3D.")
+        description="Lesson 5: wall and CPU time of each denoiser on a colour photo, with ratios to BM3D.")
     parser.add_argument("--size", type=cli.positive_int, default=384, help="longest side (default 384, the tab's)")
     parser.add_argument("--steps", type=cli.positive_int, default=10, help="multi-step DDIM steps (default 10)")
     parser.add_argument("--repeat", type=cli.positive_int, default=3, help="runs per method, best shown (default 3)")

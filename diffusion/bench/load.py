@@ -123,6 +123,8 @@ def actions(example: str) -> dict[str, tuple[float, dict[str, Any]]]:
                                zoom_size=32, lang="en")),
         "text_to_image": (0.06, dict(prompt="a small red circle at the top left on a white background",
                                      num_inference_steps=20)),
+        "lab2d_train": (0.05, dict(dataset="moons", n_points=1000, seed=0, train_steps=1000, hidden=128, depth=3,
+                                   learning_rate=0.003, schedule="linear", text="", lang="en")),
     }
     if not models.text2image_available():  # offline, the other text-to-image models cannot load
         del mix["text_to_image"]

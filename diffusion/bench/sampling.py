@@ -1,4 +1,4 @@
-"""``python -m diffusion.bench sampling``: lesson 3's sampler loop against a bare diffusers loop.
+"""``python -m diffusion.bench sampling``: lesson 4's sampler loop against a bare diffusers loop.
 
 On the shipped digit model (or ``--model-dir``, or a random tiny UNet with
 ``--random-tiny``, which times only the loop's overhead), in one run:
@@ -155,7 +155,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``sampling`` with ``python -m diffusion.bench``."""
     parser = subparsers.add_parser(
         "sampling", help="sampler loop overhead and DDIM vs DDPM wall time",
-        description="Lesson 3: time sampling.sample against a bare diffusers loop, and DDIM against DDPM.")
+        description="Lesson 4: time sampling.sample against a bare diffusers loop, and DDIM against DDPM.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--model-dir", help="a diffusers folder (unet/ + scheduler/) instead of the shipped model")
     source.add_argument("--random-tiny", action="store_true",

@@ -1,4 +1,4 @@
-"""``python -m diffusion.bench text2image``: what lesson 5's previews and recording cost.
+"""``python -m diffusion.bench text2image``: what lesson 6's previews and recording cost.
 
 In one run, on the same pipeline, prompt, seed, scheduler and steps:
 
@@ -124,7 +124,7 @@ def run_text2image(args: argparse.Namespace) -> int:
     pipe = models.load_text2image(args.model_dir, device)  # None: the embedded model
     request = t2i.T2IRequest(num_inference_steps=args.steps, scheduler=args.scheduler).validated(t2i.default_side(pipe))
     result = overhead(pipe, request, args.repeat)
-    print(f"lesson 5 on {device} ({torch.get_num_threads()} torch threads): {request.scheduler}, {request.num_inference_steps} steps, "
+    print(f"lesson 6 on {device} ({torch.get_num_threads()} torch threads): {request.scheduler}, {request.num_inference_steps} steps, "
           f"{request.width}×{request.height}, guidance {request.guidance_scale:g}, median of {args.repeat}")
     print(f"  bare pipeline call        {result['bare_s']:.3f} s")
     print(f"  with previews + recording {result['lesson_s']:.3f} s   ratio {result['ratio']:.3f} (target ≤ 1.10)")
@@ -142,8 +142,8 @@ def run_text2image(args: argparse.Namespace) -> int:
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``text2image`` with ``python -m diffusion.bench``."""
     parser = subparsers.add_parser(
-        "text2image", help="lesson 5's preview and recording overhead (and SD 1.5 speed on a GPU)",
-        description="Lesson 5: a bare pipeline call against the tab's recorded, previewed run.")
+        "text2image", help="lesson 6's preview and recording overhead (and SD 1.5 speed on a GPU)",
+        description="Lesson 6: a bare pipeline call against the tab's recorded, previewed run.")
     parser.add_argument("--model-dir", help="a pipeline folder instead of the embedded model")
     parser.add_argument("--steps", type=int, default=30, help="default 30")
     parser.add_argument("--scheduler", default="ddim", choices=tuple(t2i.SCHEDULERS))

@@ -1,4 +1,4 @@
-"""Procedural captioned scenes for lesson 5's own text-to-image model.
+"""Procedural captioned scenes for lesson 6's own text-to-image model.
 
 A scene is one filled shape on a plain background, drawn with Pillow and
 described by a caption built from a small vocabulary::

@@ -2,11 +2,12 @@
 
 Usage::
 
-    python -m diffusion.evaluate mnist|denoise|denoise-tune|denoise-color|text2image [options]
+    python -m diffusion.evaluate lab2d|mnist|denoise|denoise-tune|denoise-color|text2image [options]
 
-Lesson 3's digit DDPM is measured by :mod:`diffusion.evaluate.mnist` (``mnist``),
-lesson 4's photo denoiser by :mod:`diffusion.evaluate.denoise` (``denoise``,
-``denoise-tune``, ``denoise-color``) and lesson 5's tiny Stable Diffusion by
+The 2-D lab's defaults are measured by :mod:`diffusion.evaluate.lab2d` (``lab2d``),
+lesson 4's digit DDPM by :mod:`diffusion.evaluate.mnist` (``mnist``),
+lesson 5's photo denoiser by :mod:`diffusion.evaluate.denoise` (``denoise``,
+``denoise-tune``, ``denoise-color``) and lesson 6's tiny Stable Diffusion by
 :mod:`diffusion.evaluate.text2image` (``text2image``). Each module registers its
 subcommands and sets ``run``; they do not import each other or this parser.
 """
@@ -17,9 +18,9 @@ import argparse
 from collections.abc import Sequence
 
 from diffusion import cli
-from diffusion.evaluate import denoise, mnist, text2image
+from diffusion.evaluate import denoise, lab2d, mnist, text2image
 
-SUBCOMMANDS = (mnist.add_subcommand, denoise.add_subcommands, text2image.add_subcommand)
+SUBCOMMANDS = (lab2d.add_subcommand, mnist.add_subcommand, denoise.add_subcommands, text2image.add_subcommand)
 DESCRIPTION = "Evaluation CLI: how good are the shipped models? ``python -m diffusion.evaluate mnist|denoise``."
 
 

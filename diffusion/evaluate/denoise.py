@@ -1,4 +1,4 @@
-"""``python -m diffusion.evaluate denoise``: lesson 4's denoisers on the standard test sets.
+"""``python -m diffusion.evaluate denoise``: lesson 5's denoisers on the standard test sets.
 
 Protocol (the one behind the published BM3D and DnCNN figures): grey test
 images (Set12, BSD68), Gaussian noise of σ = 15, 25, 50 added in floating
@@ -188,7 +188,7 @@ def run_color(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register ``denoise``, ``denoise-tune`` and ``denoise-color`` with ``python -m diffusion.evaluate``."""
-    p = sub.add_parser("denoise", help="lesson 4's denoisers on Set12 and BSD68")
+    p = sub.add_parser("denoise", help="lesson 5's denoisers on Set12 and BSD68")
     p.add_argument("--model-dir", default=str(DEFAULT_MODEL), help="denoiser folder (default: the shipped one)")
     p.add_argument("--data-root", default=str(DEFAULT_DATA), help="folder holding Set12/ and BSD68/ (default data/denoise)")
     p.add_argument("--sets", type=lambda t: t.split(","), default=list(TEST_SETS), help="default Set12,BSD68")

@@ -1,4 +1,4 @@
-"""``python -m diffusion.evaluate mnist``: how good is lesson 3's digit DDPM?
+"""``python -m diffusion.evaluate mnist``: how good is lesson 4's digit DDPM?
 
 It measures, in one run:
 
@@ -316,7 +316,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``mnist`` with ``python -m diffusion.evaluate``."""
-    p = sub.add_parser("mnist", help="the class-conditional digit DDPM of lesson 3")
+    p = sub.add_parser("mnist", help="the class-conditional digit DDPM of lesson 4")
     p.add_argument("--model-dir", help="diffusers folder (default: the shipped assets/models/mnist-ddpm)")
     p.add_argument("--samples-per-class", type=cli.positive_int, default=50,
                    help="generated digits per class and setting (default 50, i.e. 500 per setting)")

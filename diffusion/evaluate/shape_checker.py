@@ -1,6 +1,6 @@
 """An independent reader of simple scenes: which colour, shape, size and place?
 
-It grades lesson 5's text-to-image model. On purpose it shares no code and no
+It grades lesson 6's text-to-image model. On purpose it shares no code and no
 weights with the generator (:mod:`diffusion.datasets.shapes`): it knows only what the
 words mean. Colours are read from hue, saturation and value (HSV) with fixed
 ranges; the figure is the connected region that differs from the background,
@@ -29,6 +29,19 @@ PLACES = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "center": (0.5, 0
 LARGE_SIDE = 0.3  # bounding-box side / image side above which a figure counts as large
 
 
+def _without_small_specks(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """``mask`` without its 4-connected pieces of at most ``max_size`` pixels.
+
+    What ``skimage.morphology.remove_small_objects(mask, max_size=...)`` does from
+    scikit-image 0.26 on; written out because older releases (the newest one for Python
+    3.10, as on ZeroGPU) only know the older ``min_size`` spelling.
+    """
+    labels = measure.label(mask, connectivity=1)
+    keep = np.bincount(labels.ravel()) > max_size
+    keep[0] = False
+    return keep[labels]
+
+
 def colour_name(rgb: np.ndarray) -> str:
     """The colour word for one RGB triple (0–255)."""
     h, s, v = colorsys.rgb_to_hsv(*(float(c) / 255.0 for c in rgb))
@@ -51,7 +64,7 @@ def read_scene(image: np.ndarray) -> dict[str, str | None]:
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     background = np.median(border, axis=0)
     distance = np.linalg.norm(image - background, axis=-1)
-    mask = morphology.remove_small_objects(distance > 60.0, max_size=max(4, side * side // 400))
+    mask = _without_small_specks(distance > 60.0, max_size=max(4, side * side // 400))
     result: dict[str, str | None] = {"background": colour_name(background), "colour": None,
                                      "shape": None, "size": None, "position": None}
     labels = measure.label(mask)

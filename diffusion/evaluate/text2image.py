@@ -1,4 +1,4 @@
-"""``python -m diffusion.evaluate text2image``: does lesson 5's model follow its prompts?
+"""``python -m diffusion.evaluate text2image``: does lesson 6's model follow its prompts?
 
 Prompts are full captions of fresh random scenes (:mod:`diffusion.datasets.shapes`, a seed
 the training never used), in two groups:
@@ -111,7 +111,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def add_subcommand(sub: argparse._SubParsersAction) -> None:
     """Register ``text2image`` with ``python -m diffusion.evaluate``."""
-    p = sub.add_parser("text2image", help="prompt accuracy of lesson 5's embedded model")
+    p = sub.add_parser("text2image", help="prompt accuracy of lesson 6's embedded model")
     p.add_argument("--model-dir", default=str(MODELS[T2I].path), help="pipeline folder (default: the shipped one)")
     p.add_argument("--n", type=int, default=200, help="prompts per group (default 200)")
     p.add_argument("--guidance", type=cli.float_list,

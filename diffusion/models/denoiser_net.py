@@ -1,4 +1,4 @@
-"""The noise-conditional denoising network of lesson 4 and its noise-level map.
+"""The noise-conditional denoising network of lesson 5 and its noise-level map.
 
 The network is a diffusion model's ε-predictor, trained on *every* noise level
 the way DDPM trains (Ho et al. 2020, Algorithm 1): draw a level, add Gaussian

@@ -1,4 +1,4 @@
-"""Lesson 3's network: the class-conditional ε-network of the digit DDPM (Ho et al. 2020).
+"""Lesson 4's network: the class-conditional ε-network of the digit DDPM (Ho et al. 2020).
 
 A diffusers ``UNet2DModel`` on 1-channel 28×28 digits with 11 class embeddings: the
 ten digits and :data:`NULL_CLASS`, "no class", the unconditional model that

@@ -2,11 +2,11 @@
 
 Each model is a diffusers folder under ``assets/models/<name>/``:
 
-* ``unet2d`` (lesson 3's digit model, ``python -m diffusion.train mnist --export DIR``):
+* ``unet2d`` (lesson 4's digit model, ``python -m diffusion.train mnist --export DIR``):
   ``unet/`` and ``scheduler/``, loadable with ``UNet2DModel`` / ``DDPMScheduler``;
-* ``denoiser`` (lesson 4, ``python -m diffusion.train denoiser --export DIR``): the same
+* ``denoiser`` (lesson 5, ``python -m diffusion.train denoiser --export DIR``): the same
   plus ``denoiser.json`` (its noise range);
-* ``pipeline`` (lesson 5, ``python -m diffusion.train text2image --export DIR``): a whole
+* ``pipeline`` (lesson 6, ``python -m diffusion.train text2image --export DIR``): a whole
   ``StableDiffusionPipeline`` folder.
 
 Every folder also has ``README.md`` (the model card) and ``train_info.json``.
@@ -72,9 +72,9 @@ MODELS: dict[str, ModelSpec] = {
                        title="Class-conditional DDPM on MNIST digits", image_size=IMAGE_SIZE,
                        in_channels=1, num_class_embeds=NUM_CLASSES + 1),
     "denoiser": ModelSpec(path=MODELS_DIR / "photo-denoiser", kind="denoiser",
-                          title="Noise-conditional photo denoiser (lesson 4)"),
+                          title="Noise-conditional photo denoiser (lesson 5)"),
     "text2image": ModelSpec(path=MODELS_DIR / "tiny-shapes-sd", kind="pipeline",
-                            title="Tiny Stable Diffusion of coloured shapes (lesson 5)"),
+                            title="Tiny Stable Diffusion of coloured shapes (lesson 6)"),
 }
 DENOISER, T2I = "denoiser", "text2image"
 
@@ -115,12 +115,12 @@ def available(name: str) -> bool:
 
 
 def denoiser_available() -> bool:
-    """:func:`available` for lesson 4's denoiser."""
+    """:func:`available` for lesson 5's denoiser."""
     return available(DENOISER)
 
 
 def text2image_available() -> bool:
-    """:func:`available` for lesson 5's embedded pipeline."""
+    """:func:`available` for lesson 6's embedded pipeline."""
     return available(T2I)
 
 

@@ -1,4 +1,4 @@
-"""Lesson 5's own tiny Stable Diffusion: the builders of its four parts.
+"""Lesson 6's own tiny Stable Diffusion: the builders of its four parts.
 
 A latent diffusion model (Rombach et al. 2022) in the parts and folder layout of
 Stable Diffusion, small enough to train on a CPU: a CLIP tokenizer learnt on the

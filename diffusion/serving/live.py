@@ -31,7 +31,8 @@ class LiveRun:
     Args:
         target: ``target(callback, stop)`` runs the loop with the contract's callback and
             stop flag and returns its result (a :class:`~diffusion.reverse.Trajectory`, or a
-            lesson's result holding one).
+            lesson's result holding one). A loop that is not a reverse process (training)
+            may report any record with a ``step`` attribute instead of a ``StepInfo``.
         name: The worker thread's name (shows in stack dumps).
     """
 
@@ -48,7 +49,9 @@ class LiveRun:
         self._thread.start()
 
     def _callback(self, info: StepInfo) -> None:
-        copy = info.to_cpu()
+        # A step's tensors may live on the device and be reused by the loop: keep a CPU copy.
+        # Other progress records (a training step's loss) are plain values already.
+        copy = info.to_cpu() if isinstance(info, StepInfo) else info
         with self._lock:
             self._latest = copy
 

@@ -1,4 +1,4 @@
-"""``python -m diffusion.train denoiser``: train lesson 4's noise-conditional denoiser.
+"""``python -m diffusion.train denoiser``: train lesson 5's noise-conditional denoiser.
 
 Usage::
 
@@ -217,7 +217,7 @@ def run_denoiser(args: argparse.Namespace) -> int:
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``denoiser`` with the ``python -m diffusion.train`` parser."""
     parser = subparsers.add_parser(
-        "denoiser", help="noise-conditional photo denoiser (lesson 4)",
+        "denoiser", help="noise-conditional photo denoiser (lesson 5)",
         description="Train a noise-conditional diffusion denoiser on grey image patches.")
     loop.add_run_options(parser)
     parser.set_defaults(steps=8000, batch_size=16, lr=1e-3, warmup=200, log_every=100, checkpoint_every=250)

@@ -1,4 +1,4 @@
-"""``python -m diffusion.train mnist``: lesson 3's class-conditional digit DDPM.
+"""``python -m diffusion.train mnist``: lesson 4's class-conditional digit DDPM.
 
 Usage::
 
@@ -105,7 +105,7 @@ def train_step(unet: UNet2DModel, ema: EMA, optimizer: torch.optim.Optimizer, lr
 @torch.no_grad()
 def sample_digits(unet: UNet2DModel, scheduler_config: Any, labels: Sequence[int], *,
                   guidance: float = 2.0, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    """The preview grid: lesson 3's own DDIM sampler (η = 0, Song et al. 2021, eq. 12) for given classes.
+    """The preview grid: lesson 4's own DDIM sampler (η = 0, Song et al. 2021, eq. 12) for given classes.
 
     Classifier-free guidance ε̃ = ε_θ(x_t, ∅) + s (ε_θ(x_t, y) - ε_θ(x_t, ∅)) (Ho & Salimans
     2022, eq. 6 with s = 1 + w); ``guidance`` = s = 1 is the plain conditional model. The

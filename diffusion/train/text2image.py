@@ -1,4 +1,4 @@
-"""``python -m diffusion.train text2image``: lesson 5's own tiny Stable Diffusion.
+"""``python -m diffusion.train text2image``: lesson 6's own tiny Stable Diffusion.
 
 Usage::
 
@@ -326,7 +326,7 @@ def run_text2image(args: argparse.Namespace) -> int:
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     """Register ``text2image`` with the ``python -m diffusion.train`` parser."""
     parser = subparsers.add_parser(
-        "text2image", help="tiny Stable Diffusion on captioned shapes (lesson 5)",
+        "text2image", help="tiny Stable Diffusion on captioned shapes (lesson 6)",
         description="Train a tokenizer, VAE, text encoder and latent UNet from scratch on generated scenes.")
     loop.add_run_options(parser)
     parser.set_defaults(steps=6000, batch_size=64, lr=1e-3, warmup=200, checkpoint_every=250, func=run_text2image)

@@ -1,4 +1,4 @@
-"""Lesson 4 tab: denoise your own photo with a diffusion model, side by side with the classics.
+"""Lesson 5 tab: denoise your own photo with a diffusion model, side by side with the classics.
 
 Each method runs in a worker thread (:class:`~diffusion.serving.live.LiveRun`), one after
 the other; the multi-step method reports its DDIM steps through the run contract, and
@@ -230,7 +230,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
     gr.Markdown(tr("denoising.intro"), latex_delimiters=LATEX)
     if not models.denoiser_available():
-        log.warning("lesson 4: no usable denoiser at %s; classical methods only", models.MODELS[models.DENOISER].path)
+        log.warning("lesson 5: no usable denoiser at %s; classical methods only", models.MODELS[models.DENOISER].path)
         gr.Markdown(tr("denoising.no_model"), elem_classes=["dl-warning"], elem_id="denoise-no-model")
     method_choices = [(tr(f"denoising.method.{m}"), m) for m in METHODS]
     with gr.Row():

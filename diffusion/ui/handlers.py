@@ -22,11 +22,12 @@ from diffusion.ui.i18n import Translator
 log = logging.getLogger("diffusion.ui")
 
 
-def guarded(tr: Translator) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def guarded(tr: Translator, scope: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Turn core errors into translated ``gr.Error`` messages, never stack traces.
 
     The wrapped handler must take ``lang`` as its last positional argument. Works for
-    plain functions and generators (streaming events).
+    plain functions and generators (streaming events). ``scope`` names the lesson whose
+    own parameter names come first (see :meth:`~diffusion.ui.i18n.Translator.error`).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,7 +35,7 @@ def guarded(tr: Translator) -> Callable[[Callable[..., Any]], Callable[..., Any]
             if isinstance(exc, gr.Error):
                 return exc
             if isinstance(exc, InputError):
-                return gr.Error(tr.error(exc, lang))
+                return gr.Error(tr.error(exc, lang, scope))
             log.exception("unexpected error in %s", fn.__name__)
             return gr.Error(tr.text("error.generic", lang))
 

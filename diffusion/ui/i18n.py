@@ -129,15 +129,21 @@ class Translator:
             lang = "en"  # no CJK font on this server: English plot text beats empty boxes
         return {k[len(prefix):]: v for k, v in self.strings[lang].items() if k.startswith(prefix)}
 
-    def error(self, err: InputError, lang: str | None) -> str:
-        """A translated message for an :class:`InputError`, falling back to English."""
+    def error(self, err: InputError, lang: str | None, scope: str | None = None) -> str:
+        """A translated message for an :class:`InputError`, falling back to English.
+
+        A parameter is named by ``<scope>.param.<name>`` when the lesson ``scope`` has its
+        own word for it (the 2-D lab's ``n_points`` are training points, the heat
+        equation's are grid points), else by ``param.<name>``.
+        """
         key = f"error.{err.code}"
         if key not in self.strings["en"]:
             return str(err)
         params = dict(err.params)
         if err.code in PARAMETER_CODES and "name" in params:
-            name_key = f"param.{params['name']}"
-            if name_key in self.strings["en"]:
+            keys = ([f"{scope}.param.{params['name']}"] if scope else []) + [f"param.{params['name']}"]
+            name_key = next((k for k in keys if k in self.strings["en"]), None)
+            if name_key is not None:
                 params["name"] = self.text(name_key, lang)
         try:
             return self.text(key, lang, **params)

@@ -1,4 +1,4 @@
-"""Lesson 3 tab: DDPM/DDIM sampling from the shipped digit model, streamed live and scrubbable.
+"""Lesson 4 tab: DDPM/DDIM sampling from the shipped digit model, streamed live and scrubbable.
 
 One run works like this:
 
@@ -224,7 +224,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Lay out the sampling tab and wire its events to :class:`SamplingHandlers`."""
     gr.Markdown(tr("sampling.intro"), latex_delimiters=LATEX)
     if not models.available(MODEL):
-        log.warning("lesson 3 is off: no usable model at %s", models.MODELS[MODEL].path)
+        log.warning("lesson 4 is off: no usable model at %s", models.MODELS[MODEL].path)
         gr.Markdown(tr("sampling.no_model"), elem_classes=["dl-warning"], elem_id="sample-no-model")
         return
     handlers = SamplingHandlers(tr, model_device(settings.device))

@@ -1,6 +1,6 @@
-"""Lesson 5 tab: text-to-image through a diffusers pipeline, streamed live and scrubbable.
+"""Lesson 6 tab: text-to-image through a diffusers pipeline, streamed live and scrubbable.
 
-The run works like lesson 3's, through the same serving layer:
+The run works like lesson 4's, through the same serving layer:
 :func:`diffusion.lessons.text2image.generate` runs in a worker thread
 (:class:`~diffusion.serving.live.LiveRun`), the handler streams the newest step a few
 times a second, Stop (or a closed page) ends the pipeline after its current step, and the
@@ -159,7 +159,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     gr.Markdown(tr("text2image.intro"), latex_delimiters=LATEX)
     embedded_ok = models.text2image_available()
     if not embedded_ok:
-        log.warning("lesson 5's embedded model is off: no usable folder at %s", models.MODELS[models.T2I].path)
+        log.warning("lesson 6's embedded model is off: no usable folder at %s", models.MODELS[models.T2I].path)
         gr.Markdown(tr("text2image.no_model"), elem_classes=["dl-warning"], elem_id="t2i-no-model")
     extra = tuple(settings.t2i_models)
     choices = ([(tr("text2image.model_embedded"), t2i.EMBEDDED)] if embedded_ok else []) + \

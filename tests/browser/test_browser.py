@@ -23,8 +23,9 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 TIMEOUT_MS = 60_000
 
 TAB_NAMES = {
-    "en": ["1 · Heat equation", "2 · Forward noising", "3 · Sampling", "4 · Denoising", "5 · Text to image"],
-    "zh-CN": ["1 · 热方程", "2 · 前向加噪", "3 · 采样", "4 · 去噪", "5 · 文生图"],
+    "en": ["1 · Heat equation", "2 · Forward noising", "3 · 2-D lab", "4 · Sampling", "5 · Denoising",
+           "6 · Text to image"],
+    "zh-CN": ["1 · 热方程", "2 · 前向加噪", "3 · 二维实验室", "4 · 采样", "5 · 去噪", "6 · 文生图"],
 }
 
 
@@ -128,8 +129,10 @@ def test_every_tab_opens_in_the_browser_language(session):
         if index == 2:
             session.wait_for_json("noise-summary", r'"alpha_bar"')
         elif index == 3:
-            session.page.locator("#sample-run").wait_for()
+            session.page.locator("#lab2d-forward img").wait_for()  # the forward plot is drawn on open
         elif index == 4:
+            session.page.locator("#sample-run").wait_for()
+        elif index == 5:
             session.page.locator("#denoise-run").wait_for()
         else:
             session.page.locator("#t2i-run").wait_for()
@@ -205,10 +208,56 @@ def test_noising_slider_examples_and_gif(session):
     session.assert_clean()
 
 
-def test_sampling_streams_stops_and_scrubs(session):
+def test_lab2d_trains_samples_plays_and_draws(session):
     page = session.page
     zh = session.locale == "zh-CN"
     session.open_tab(TAB_NAMES[session.locale][2])
+    page.locator("#lab2d-forward img").wait_for()
+    session.choose("lab2d-dataset", "棋盘格" if zh else "Checkerboard")
+    session.set_slider("lab2d-n-points", 400)
+    session.set_slider("lab2d-steps", 600)
+    page.locator("#lab2d-forward-info").get_by_text(re.compile("ᾱ_t")).wait_for()
+    page.locator("#lab2d-train").click()
+    session.wait_for_json("lab2d-summary", r'"dataset":"checkerboard","n_train":400,"train_steps":600')
+    assert ("训练完成" if zh else "Trained") in page.locator("#lab2d-status").inner_text()
+    assert page.locator("#lab2d-loss img").count() == 1
+    session.set_slider("lab2d-sample-steps", 30)
+    page.locator("#lab2d-sample").click()
+    session.wait_for_json("lab2d-sample-summary", r'"ddim_exact"')
+    captions = page.locator("#lab2d-player figcaption").all_inner_texts()
+    assert captions == (["DDPM（学到的）", "DDIM（学到的）", "精确得分（DDIM）"] if zh
+                        else ["DDPM (learned)", "DDIM (learned)", "Exact score (DDIM)"])
+    label = page.locator("#lab2d-player .dl-player-label")
+    assert label.inner_text() == "t = 0"
+    page.locator("#lab2d-player button").click()  # Play: the browser steps through the frames by itself
+    page.wait_for_function("() => document.querySelector('#lab2d-player .dl-player-label').innerText !== 't = 0'")
+    page.wait_for_function("() => document.querySelector('#lab2d-player .dl-player-label').innerText === 't = 0'")
+    session.shot("lab2d-sampled")
+    page.locator("#lab2d-show-field").click()
+    page.locator("#lab2d-field img").wait_for()
+    page.locator("#lab2d-field-info").get_by_text(re.compile("s_θ")).wait_for()
+    # Draw two strokes on the canvas and train on them.
+    session.choose("lab2d-dataset", "自己画" if zh else "Draw your own")
+    canvas = page.locator("#lab2d-canvas canvas")
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    for y in (0.3, 0.7):
+        page.mouse.move(box["x"] + 0.2 * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for k in range(1, 11):
+            page.mouse.move(box["x"] + (0.2 + 0.06 * k) * box["width"], box["y"] + y * box["height"])
+        page.mouse.up()
+    page.wait_for_timeout(500)
+    page.locator("#lab2d-train").click()
+    session.wait_for_json("lab2d-summary", r'"dataset":"drawing"')
+    session.shot("lab2d-drawn")
+    session.assert_clean()
+
+
+def test_sampling_streams_stops_and_scrubs(session):
+    page = session.page
+    zh = session.locale == "zh-CN"
+    session.open_tab(TAB_NAMES[session.locale][3])
     # A quick DDIM run: live frames stream in, then the gallery, the slider and the summary.
     session.set_slider("sample-steps", 25)
     session.set_slider("sample-batch", 9)
@@ -242,7 +291,7 @@ def test_sampling_streams_stops_and_scrubs(session):
 def test_denoising_upload_compare_zoom_and_bad_files(session, tmp_path):
     page = session.page
     zh = session.locale == "zh-CN"
-    session.open_tab(TAB_NAMES[session.locale][3])
+    session.open_tab(TAB_NAMES[session.locale][4])
     photo = next(p for p in list_examples() if p.name == "coffee.png")
     page.locator("#denoise-image input[type=file]").set_input_files(str(photo))
     page.locator("#denoise-image img").first.wait_for()
@@ -290,7 +339,7 @@ def test_text_to_image_streams_scrubs_stops_and_starts_from_a_picture(session, t
         pytest.skip("the embedded text-to-image model is not installed")
     page = session.page
     zh = session.locale == "zh-CN"
-    session.open_tab(TAB_NAMES[session.locale][4])
+    session.open_tab(TAB_NAMES[session.locale][5])
     prompt = page.locator("#t2i-prompt textarea")
     prompt.fill("a small yellow star at the top right on a blue background, sparkly")
     session.set_slider("t2i-batch", 2)
@@ -330,7 +379,7 @@ def test_sampling_compare_in_the_browser(browser, app_server):
     s = Session(browser, app_server, "en-US")
     try:
         page = s.page
-        s.open_tab(TAB_NAMES["en"][2])
+        s.open_tab(TAB_NAMES["en"][3])
         s.set_slider("sample-batch", 4)
         page.locator("#sample-compare-box").get_by_text("Compare DDPM and DDIM").first.click()
         s.set_slider("compare-ddpm-steps", 100)

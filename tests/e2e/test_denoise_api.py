@@ -1,4 +1,4 @@
-"""End-to-end: lesson 4 through gradio_client on the real app, with real files (good and bad).
+"""End-to-end: lesson 5 through gradio_client on the real app, with real files (good and bad).
 
 Every PSNR the app reports is recomputed here from the PNGs it returned. Images are
 kept small (working size 96–160 pixels) so the suite stays fast on a 2-core CPU.

@@ -34,6 +34,8 @@ NOISE = [None, "linear", 1000, 300, 0, "en"]
 SAMPLE = ["ddim", 5, 0.0, 0, 2, "3", 2.0, "en"]
 DENOISE = [None, 25, 0, ["diffusion_one_step", "gaussian_heat"], 0, 4, 0.0, "opponent", 96, 50, 50, 32, "en"]
 T2I = ["a red circle", "", 4, 5.0, 0, "ddim", 0, 0, 1, "embedded", None, 0.6, "en"]
+LAB_TRAIN = ["moons", 200, 0, 100, 32, 2, 0.003, "linear", "扩散", "en"]
+LAB_SAMPLE = ["0" * 32, "ddim", 20, 0.0, 200, 0, "en"]
 FILE_ENDPOINTS = {"forward_noise": (NOISE, 0), "denoise": (DENOISE, 0), "text_to_image": (T2I, 10)}
 TRIED = {"cases": 0}
 
@@ -90,6 +92,7 @@ NUMERIC = {  # endpoint → (base arguments, indices of its numeric parameters)
     "heat_kernel": ([0.1, 20.0, 100.0, "en"], [0, 1, 2]),
     "sample": (SAMPLE, [1, 2, 3, 4, 6]),
     "text_to_image": (T2I, [2, 3, 4, 6, 7, 8, 11]),
+    "lab2d_train": (LAB_TRAIN, [1, 2, 3, 4, 5, 6]),
 }
 
 
@@ -134,7 +137,25 @@ TEXT_PARAMS = {  # endpoint → (base arguments, indices of its text and choice 
     "text_to_image_scrub": (["0" * 32, 1, "en"], [0, 2]),
     "text_to_image_stop": (["0" * 32], [0]),
     "denoise_zoom": (["0" * 32, 50, 50, 32, "en"], [0, 4]),
+    "lab2d_train": (LAB_TRAIN, [0, 7, 8, 9]),
+    "lab2d_sample": (LAB_SAMPLE, [0, 1, 6]),
+    "lab2d_continue": (["0" * 32, 100, "en"], [0, 2]),
+    "lab2d_field": (["0" * 32, 100, "en"], [0, 2]),
+    "lab2d_stop": (["0" * 32], [0]),
 }
+
+
+def test_bad_numbers_on_a_trained_2d_model(app_server):
+    kind, text = raw(app_server, "lab2d_train", json.dumps({"data": LAB_TRAIN}))
+    assert kind == "complete", text
+    run_id = json.loads(text)[-1]["run_id"]
+    for api, base, indices in (("lab2d_sample", [run_id, *LAB_SAMPLE[1:]], [2, 3, 4, 5]),
+                               ("lab2d_field", [run_id, 100, "en"], [1]),
+                               ("lab2d_continue", [run_id, 50, "en"], [1])):
+        for index in indices:
+            for value in BAD_NUMBERS:
+                assert_clear(raw(app_server, api, with_value(base, index, value)))
+    server_still_answers(app_server)
 
 
 @pytest.mark.parametrize("api", sorted(TEXT_PARAMS))

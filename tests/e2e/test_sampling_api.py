@@ -1,4 +1,4 @@
-"""End-to-end: lesson 3 through gradio_client on the real app with the shipped digit model.
+"""End-to-end: lesson 4 through gradio_client on the real app with the shipped digit model.
 
 Streaming, stop, scrubbing, GIF export, the DDPM/DDIM comparison and validation.
 Runs use few steps and small batches so the suite stays fast on a 2-core CPU.

@@ -1,4 +1,4 @@
-"""End-to-end: lesson 5 through gradio_client on the real app with the embedded model.
+"""End-to-end: lesson 6 through gradio_client on the real app with the embedded model.
 
 Streaming previews, the JSON summary, lossless PNGs, stop, scrubbing, image-to-image
 and validation, as a script or a notebook would call them.

@@ -1,4 +1,4 @@
-"""Lesson 4's tab logic: uploads, noise, σ estimate and override, crops, validation, shown numbers."""
+"""Lesson 5's tab logic: uploads, noise, σ estimate and override, crops, validation, shown numbers."""
 
 from __future__ import annotations
 

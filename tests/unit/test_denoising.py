@@ -1,4 +1,4 @@
-"""Lesson 4's core: noise levels, Tweedie, DDIM from t*, colour planes, classical baselines, metrics."""
+"""Lesson 5's core: noise levels, Tweedie, DDIM from t*, colour planes, classical baselines, metrics."""
 
 from __future__ import annotations
 

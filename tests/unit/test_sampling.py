@@ -1,4 +1,4 @@
-"""Lesson 3 sampler and model registry, checked against bare diffusers loops and the paper's formulas."""
+"""Lesson 4 sampler and model registry, checked against bare diffusers loops and the paper's formulas."""
 
 from __future__ import annotations
 

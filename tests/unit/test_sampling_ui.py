@@ -1,4 +1,4 @@
-"""Lesson 3's UI plumbing: the worker run, stop, the run store, pictures, summary and plot."""
+"""Lesson 4's UI plumbing: the worker run, stop, the run store, pictures, summary and plot."""
 
 from __future__ import annotations
 

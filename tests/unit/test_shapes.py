@@ -1,4 +1,4 @@
-"""Lesson 5's data: procedural scenes, their captions, the tokenizer, the independent reader, the trainer."""
+"""Lesson 6's data: procedural scenes, their captions, the tokenizer, the independent reader, the trainer."""
 
 from __future__ import annotations
 
@@ -159,3 +159,19 @@ def test_the_evaluation_reports_accuracy_per_attribute(tmp_path, capsys):
     result = accuracy(half, scenes)
     assert result["colour"] == 0.5 and result["attributes"] == pytest.approx(0.9) and result["scenes"] == 0.5
     assert "text2image" in evaluate.build_parser().format_help()
+
+
+def test_the_reader_drops_specks_as_scikit_image_does():
+    import inspect
+
+    from skimage import morphology
+
+    from diffusion.evaluate.shape_checker import _without_small_specks
+
+    new_api = "max_size" in inspect.signature(morphology.remove_small_objects).parameters
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        mask = rng.random((48, 48)) > 0.65
+        expected = (morphology.remove_small_objects(mask, max_size=6) if new_api
+                    else morphology.remove_small_objects(mask, min_size=7))
+        assert np.array_equal(_without_small_specks(mask, 6), expected)

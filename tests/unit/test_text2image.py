@@ -1,4 +1,4 @@
-"""Lesson 5's pipeline code on a tiny random Stable Diffusion built here, offline.
+"""Lesson 6's pipeline code on a tiny random Stable Diffusion built here, offline.
 
 The pipeline is assembled from diffusers/transformers classes with random
 weights and a tokenizer whose files this test writes, saved as a standard

@@ -142,10 +142,12 @@ def test_guarded_hides_unexpected_errors_and_handles_generators(built):
     assert "服务器仍在正常运行" in info.value.message
 
 
-def test_app_has_five_tabs_in_lesson_order_and_named_endpoints(built):
-    demo, _ = built
+def test_app_has_six_tabs_in_lesson_order_and_named_endpoints(built):
+    demo, tr = built
     tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert [t.id for t in tabs] == ["heat", "noising", "sampling", "denoising", "text2image"]
+    assert [t.id for t in tabs] == ["heat", "noising", "lab2d", "sampling", "denoising", "text2image"]
+    for lang in ("en", "zh-CN"):  # each tab's label starts with its place in the course
+        assert [tr.text(f"{t.id}.tab", lang).split(" · ")[0] for t in tabs] == ["1", "2", "3", "4", "5", "6"]
     api_names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"heat_simulate", "forward_noise", "forward_noise_gif", "sample", "sample_stop", "sample_scrub",
             "sample_gif", "sample_compare"} <= api_names

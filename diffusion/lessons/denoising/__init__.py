@@ -1,4 +1,4 @@
-"""Lesson 4: a diffusion model as a denoiser, side by side with the classical methods.
+"""Lesson 5: a diffusion model as a denoiser, side by side with the classical methods.
 
 A notebook needs only this package::
 

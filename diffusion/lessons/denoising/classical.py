@@ -1,4 +1,4 @@
-"""Classical denoisers of lesson 4, the baselines a diffusion denoiser must beat.
+"""Classical denoisers of lesson 5, the baselines a diffusion denoiser must beat.
 
 All take a noisy image ``(H, W, C)`` as floats on the ``[0, 1]`` scale (noise
 may push values outside it), the noise level σ on the 0–255 scale, and return

@@ -1,4 +1,4 @@
-"""Lesson 4's comparison: every method on the same noisy photo, scored against the clean one.
+"""Lesson 5's comparison: every method on the same noisy photo, scored against the clean one.
 
 The methods are our diffusion denoiser in one step (Tweedie) and in many (DDIM), and the
 classics (:mod:`~diffusion.lessons.denoising.classical`): Gaussian blur (the heat equation of

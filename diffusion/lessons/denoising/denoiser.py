@@ -1,4 +1,4 @@
-"""Lesson 4: denoise a photo with a diffusion model, side by side with the classics.
+"""Lesson 5: denoise a photo with a diffusion model, side by side with the classics.
 
 A diffusion model is a denoiser trained at every noise level. Given a noisy
 photo ``y = x_0 + σ ε`` with known σ it can be used in two ways
@@ -277,7 +277,7 @@ class DiffusionDenoiser:
 
 
 def load_denoiser(device: torch.device | str = "cpu", path: str | Path | None = None) -> DiffusionDenoiser:
-    """Lesson 4's denoiser from the registry (loaded once per device and shared), or from ``path``.
+    """Lesson 5's denoiser from the registry (loaded once per device and shared), or from ``path``.
 
     Raises:
         ModelUnavailable: The registered folder is missing, incomplete or corrupt (remembered).

@@ -1,4 +1,4 @@
-"""Figures of lesson 4: the zoomed comparison of every method on one crop."""
+"""Figures of lesson 5: the zoomed comparison of every method on one crop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What lesson 4 receives: an uploaded photo, validated, and the noisy image every method starts from.
+"""What lesson 5 receives: an uploaded photo, validated, and the noisy image every method starts from.
 
 A photo is either clean (noise of a chosen σ is added here, with a seeded generator, so
 PSNR and SSIM can be measured) or already noisy (σ = 0: its noise level is estimated, and

@@ -1,4 +1,4 @@
-"""Lesson 3: sampling the shipped digit model with DDPM, DDIM and other diffusers schedulers.
+"""Lesson 4: sampling the shipped digit model with DDPM, DDIM and other diffusers schedulers.
 
 A notebook needs only this package::
 

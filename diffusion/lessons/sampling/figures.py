@@ -1,4 +1,4 @@
-"""Figures for lesson 3: how the pixel spread of x_t shrinks as samplers remove noise.
+"""Figures for lesson 4: how the pixel spread of x_t shrinks as samplers remove noise.
 
 Every visible string comes from :data:`SAMPLING_TEXT`; a user interface passes
 translations for the same keys through ``text=``. Strings are ``str.format``

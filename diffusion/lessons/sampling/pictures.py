@@ -1,4 +1,4 @@
-"""Lesson 3's pictures: digit batches as one uint8 grid, and the pixel spread along a run."""
+"""Lesson 4's pictures: digit batches as one uint8 grid, and the pixel spread along a run."""
 
 from __future__ import annotations
 

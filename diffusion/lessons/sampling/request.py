@@ -1,4 +1,4 @@
-"""What a student asks lesson 3's sampler for: a validated request, its classes and its x_T.
+"""What a student asks lesson 4's sampler for: a validated request, its classes and its x_T.
 
 Determinism: the initial noise x_T is drawn on the CPU from a ``torch.Generator`` seeded
 with ``request.seed`` (so the CPU and a GPU start from the same picture), and random

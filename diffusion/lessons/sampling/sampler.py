@@ -1,4 +1,4 @@
-"""Lesson 3's reverse (sampling) process: one loop over diffusers schedulers.
+"""Lesson 4's reverse (sampling) process: one loop over diffusers schedulers.
 
 Sampling starts from pure noise x_T ~ N(0, I) and applies the learned reverse
 step once per timestep of ``scheduler.timesteps``. Every sampler here shares

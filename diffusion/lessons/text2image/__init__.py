@@ -1,4 +1,4 @@
-"""Lesson 5: text to image through a diffusers pipeline, every step on record.
+"""Lesson 6: text to image through a diffusers pipeline, every step on record.
 
 A notebook needs only this package and a pipeline::
 

@@ -1,4 +1,4 @@
-"""Lesson 5: text-to-image through diffusers pipelines, with every step on record.
+"""Lesson 6: text-to-image through diffusers pipelines, with every step on record.
 
 One code path serves every model: our embedded tiny Stable Diffusion
 (``assets/models/tiny-shapes-sd``, trained by ``python -m diffusion.train
@@ -13,7 +13,7 @@ A run is one pipeline call (Stable Diffusion, Rombach et al. 2022) in latent spa
     z_{t-1} = scheduler.step(ε̃, t, z_t)                      (DDIM, DDPM, Euler, DPM-Solver++, LCM)
     x = D_vae(z_0)
 
-The run follows the contract of :mod:`diffusion.reverse`, like lesson 3's sampler: one
+The run follows the contract of :mod:`diffusion.reverse`, like lesson 4's sampler: one
 :class:`~diffusion.reverse.StepInfo` per step (the latent z_t the network saw, the
 scheduler's predicted clean latent ẑ_0 and ε̃), recorded by wrapping the run's own
 scheduler's ``step``; the pipeline's public ``callback_on_step_end`` reports each finished

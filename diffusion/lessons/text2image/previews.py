@@ -1,4 +1,4 @@
-"""Looking inside a run of lesson 5: latents as pictures, paced VAE previews, and where img2img starts."""
+"""Looking inside a run of lesson 6: latents as pictures, paced VAE previews, and where img2img starts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a student asks lesson 5's pipeline for: the request, its limits and which models are allowed."""
+"""What a student asks lesson 6's pipeline for: the request, its limits and which models are allowed."""
 
 from __future__ import annotations
 
