@@ -12,7 +12,6 @@ The handlers (:class:`Lab2DHandlers`) return ``{output name: value}`` and need n
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
