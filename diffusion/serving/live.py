@@ -68,34 +68,30 @@ class LiveRun:
 
         Ends when the run ends; raises what the run raised.
         """
-        last = -1
-        while True:
-            finished = self.done.wait(interval if last >= 0 else FIRST_FRAME_POLL_S)
-            with self._lock:
-                info = self._latest
-            # A run that ends before the first poll still shows one step before its final frame.
-            if info is not None and info.step != last and (not finished or last < 0):
-                last = info.step
-                yield info
-            if finished:
-                break
-        if self.error is not None:
-            raise self.error
+        yield from self._poll(interval, heartbeat=False)
 
     def wait(self, interval: float = FRAME_INTERVAL_S) -> Iterator[StepInfo | None]:
         """Like :meth:`steps`, but also yields ``None`` every ``interval`` while no new step came.
 
         For loops without steps (a classical denoiser): the handler can still show it is alive.
         """
+        yield from self._poll(interval, heartbeat=True)
+
+    def _poll(self, interval: float, heartbeat: bool) -> Iterator[StepInfo | None]:
         last = -1
-        while not self.done.wait(interval):
+        while True:
+            finished = self.done.wait(interval if last >= 0 or heartbeat else FIRST_FRAME_POLL_S)
             with self._lock:
                 info = self._latest
-            if info is not None and info.step != last:
+            new = info is not None and info.step != last
+            # A run that ends before the first poll still shows one step before its final frame.
+            if new and (not finished or (last < 0 and not heartbeat)):
                 last = info.step
                 yield info
-            else:
+            elif heartbeat and not finished:
                 yield None
+            if finished:
+                break
         if self.error is not None:
             raise self.error
 

@@ -11,6 +11,7 @@ The handlers (:class:`Lab2DHandlers`) return ``{output name: value}`` and need n
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,11 +48,24 @@ class Session:
     samples: dict[str, lab2d.SampleTrajectory] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one job per run at a time
 
+    @functools.cached_property
+    def fresh(self) -> np.ndarray:
+        """Fresh points of the training distribution, what samples are compared with (made once)."""
+        return self.run.dataset.fresh(FRESH_POINTS, FRESH_SEED)
+
+    @functools.cached_property
+    def fresh_nearest(self) -> np.ndarray:
+        """Each fresh point's distance to its nearest training point: what not copying looks like."""
+        return lab2d.nearest_distance(self.fresh, self.run.dataset.points)
+
     @property
     def nbytes(self) -> int:
+        # Weights, EMA and AdamW's two moments; the data; the losses; each sampler's frames and its
+        # three (n, 2) arrays (x_T, samples in model and in data coordinates); the fresh points.
         weights = sum(p.numel() * p.element_size() for p in self.run.model.parameters())
+        made = [self.__dict__[k] for k in ("fresh", "fresh_nearest") if k in self.__dict__]
         return (4 * weights + self.run.dataset.points.nbytes + 8 * len(self.run.losses)
-                + sum(s.nbytes + s.samples.nbytes * 3 for s in self.samples.values()))
+                + sum(a.nbytes for a in made) + sum(s.nbytes + s.samples.nbytes * 3 for s in self.samples.values()))
 
 
 RUNS = RunStore(RUN_STORE_BYTES, missing_code="lab2d_no_run", expired_code="lab2d_run_expired")
@@ -156,9 +170,8 @@ class Lab2DHandlers:
 
     def _figures(self, session: Session, trajectory: lab2d.SampleTrajectory) -> dict[str, Any]:
         data = session.run.dataset
-        fresh = data.fresh(FRESH_POINTS, FRESH_SEED)
         floor = data.fresh(len(trajectory.samples), FLOOR_SEED)
-        report = lab2d.distribution_report(trajectory.samples, fresh, floor, data.points)
+        report = lab2d.distribution_report(trajectory.samples, session.fresh, floor, data.points)
         return {"seconds": round(float(trajectory.seconds), 4),
                 "nearest_train_distance_median": round(report["nearest_median"], 5),
                 "nearest_fresh_distance_median": round(report["nearest_reference_median"], 5),
@@ -189,12 +202,12 @@ class Lab2DHandlers:
         data = session.run.dataset
         distances = {sampler_label(tr, lang, s, p): lab2d.nearest_distance(r.samples, data.points)
                      for (s, p, _), r in zip(PANELS, runs)}
-        reference = lab2d.nearest_distance(data.fresh(FRESH_POINTS, FRESH_SEED), data.points)
         yield {"status": progress_html(1.0, tr.text("lab2d.sampled", lang, **{
                    k: summary[k]["nearest_train_distance_median"] for k in ("ddpm_learned", "ddim_learned",
                                                                             "ddim_exact")})),
                "player": self.player(runs, data, lang),
-               "nearest_plot": figures.plot_nearest(distances, reference, self._text(lang)), "summary": summary}
+               "nearest_plot": figures.plot_nearest(distances, session.fresh_nearest, self._text(lang)),
+               "summary": summary}
 
     def player(self, runs: list[lab2d.SampleTrajectory], data: lab2d.Dataset, lang: str) -> str:
         """The JSON the browser's player animates: every panel's particles, step by step, x_T to x_0."""

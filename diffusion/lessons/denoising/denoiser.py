@@ -33,6 +33,7 @@ denoise-color`` measures both; the default is the better one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -86,7 +87,7 @@ class MultiStepRun(Trajectory):
     sigmas_255: list[float]
     plane_alpha_bar: np.ndarray | None = None
 
-    @property
+    @functools.cached_property
     def frames(self) -> list[np.ndarray]:
         """``x_τ / √ᾱ_τ`` (the image with its remaining noise) at each visited τ, ``[0, 1]`` scale."""
         inner = []
@@ -95,7 +96,7 @@ class MultiStepRun(Trajectory):
             inner.append(from_channels((self.x_t[i] / a.sqrt())[:, 0].double().numpy(), self.color))
         return [self.noisy, *inner, self.image] if len(self) else [self.image]
 
-    @property
+    @functools.cached_property
     def predictions(self) -> list[np.ndarray]:
         """x̂_0 predicted at each step, ``[0, 1]`` scale."""
         return [from_channels(self.x0_pred[i][:, 0].double().numpy(), self.color) for i in range(len(self))]
