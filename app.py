@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -24,6 +25,7 @@ import torch
 
 import diffusion
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
+from diffusion.serving.cores import CoreShare
 from diffusion.serving.render_pool import RenderPool, default_render_workers
 from diffusion.ui import denoising, heat, lab2d, noising, sampling, text2image
 from diffusion.ui.i18n import FORCE_LANG_JS, SWITCH_LANG_JS, Translator
@@ -63,13 +65,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UI language; auto follows each browser (default: %(default)s)")
     p.add_argument("--heavy-concurrency", type=int, default=1, metavar="N",
                    help="model jobs (sampling, denoising, text to image) run at once (default: %(default)s)")
+    p.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
+                   help="run waiting sampling requests of the same shape as one batch; auto: on CUDA only, "
+                        "where it pays (default: %(default)s)")
+    p.add_argument("--max-jobs-per-client", type=int, default=3, metavar="N",
+                   help="model runs one browser session may have waiting or running (default: %(default)s)")
     p.add_argument("--light-concurrency", type=int, default=8, metavar="N",
                    help="light CPU jobs (heat equation, noising) run at once (default: %(default)s)")
     p.add_argument("--render-workers", type=int, default=-1, metavar="N",
                    help="processes that draw the light lessons' figures in parallel; 0 = draw in the server "
                         "process (default: one per core, at most 4; none on a 1-core machine)")
     p.add_argument("--torch-threads", type=int, default=0, metavar="N",
-                   help="CPU threads per model job; 0 = half the cores, at most 4 (default: %(default)s)")
+                   help="CPU threads per model job; 0 = every core while no heat or noising request runs, "
+                        "half of them while one does (default: %(default)s)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
                    help="requests waiting in the queue before new ones are turned away (default: %(default)s)")
     p.add_argument("--max-upload-mb", type=int, default=10, metavar="MB",
@@ -83,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="never download models (also set by HF_HUB_OFFLINE=1)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
-    for name in ("heavy_concurrency", "light_concurrency", "max_queue", "max_upload_mb"):
+    for name in ("heavy_concurrency", "light_concurrency", "max_queue", "max_upload_mb", "max_jobs_per_client"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.torch_threads < 0:
@@ -105,6 +113,9 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
         max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, lang=args.lang,
         t2i_models=tuple(args.t2i_model), allow_any_model=args.allow_any_model, offline=args.offline,
         zero_gpu=bool(os.environ.get("SPACES_ZERO_GPU")),
+        batching=args.batching == "on" or (args.batching == "auto" and device.type == "cuda"),
+        cores=CoreShare(idle_threads=args.torch_threads or None, busy_threads=args.torch_threads or None),
+        max_jobs_per_client=args.max_jobs_per_client,
         render_pool=RenderPool(default_render_workers() if args.render_workers == -1 else args.render_workers),
     )
 
@@ -135,6 +146,10 @@ def create_app(settings: AppSettings) -> tuple[gr.Blocks, Translator]:
                 with gr.Tab(tr(f"{name}.tab"), id=name, elem_id=f"tab-{name}"):
                     tab.build(tr, settings, demo)
         gr.Markdown(tr("app.footer"), elem_id="dl-footer")
+    # While a heat or noising request runs, model jobs leave it a core (diffusion.serving.cores).
+    for block_fn in demo.fns.values():
+        if block_fn.concurrency_id == "light" and block_fn.fn is not None:
+            block_fn.fn = settings.cores.marking(block_fn.fn)
     demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.light_concurrency)
     return demo, tr
 
@@ -145,7 +160,28 @@ def launch_kwargs(settings: AppSettings, tr: Translator) -> dict:
         i18n=tr.i18n, css=CSS, show_error=True,
         max_file_size=f"{settings.max_upload_mb}mb",
         allowed_paths=[], footer_links=["api", "gradio", "settings"],
+        # A waiting model request holds a thread while it shows its place in the queue.
+        max_threads=settings.max_queue + 2 * settings.light_concurrency + 8,
     )
+
+
+def start_examples(settings: AppSettings) -> threading.Thread:
+    """Compute the example runs the model tabs open with, one after another, in the background.
+
+    Called once the server answers, so start-up is not slower; they run as ordinary jobs of
+    the job queue, and a page opened before they are ready follows them instead of waiting
+    for its own.
+    """
+    def work() -> None:
+        for make in settings.examples:
+            try:
+                make()
+            except Exception:  # noqa: BLE001 - a tab whose example fails still works; the log says why
+                logging.getLogger("diffusion").exception("an example run failed")
+
+    thread = threading.Thread(target=work, daemon=True, name="examples")
+    thread.start()
+    return thread
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,8 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     atexit.register(settings.render_pool.close)
     demo, tr = create_app(settings)
     logging.getLogger("diffusion").info("device: %s", settings.device_label)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
                 **launch_kwargs(settings, tr))
+    start_examples(settings)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def app_server():
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **app.launch_kwargs(settings, tr))
+    app.start_examples(settings)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

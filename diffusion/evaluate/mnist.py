@@ -161,7 +161,8 @@ class Generated:
 
 
 def generate(unet: nn.Module, scheduler_config: Any, name: str, sampler: str, steps: int, eta: float,
-             guidance_scale: float, per_class: int, seed: int, device: torch.device) -> Generated:
+             guidance_scale: float, per_class: int, seed: int, device: torch.device,
+             precision: str = "fp32") -> Generated:
     """``per_class`` digits of every class, one batch per class, seeds ``seed + class``.
 
     Every sampler setting gets the same seeds, hence the same starting noise per class.
@@ -170,7 +171,8 @@ def generate(unet: nn.Module, scheduler_config: Any, name: str, sampler: str, st
     for digit in range(data.NUM_CLASSES):
         request = SampleRequest(sampler=sampler, num_inference_steps=steps, eta=eta, seed=seed + digit,
                                 batch_size=per_class, digit=str(digit), guidance_scale=guidance_scale)
-        run = sample(unet, scheduler_config, request, device=device, record=False, max_batch_size=per_class)
+        run = sample(unet, scheduler_config, request, device=device, record=False, max_batch_size=per_class,
+                     precision=precision)
         images.append(quantise(run.samples))
         labels.append(run.labels)
         seconds += run.seconds
@@ -236,18 +238,21 @@ def run_mnist(args: argparse.Namespace) -> int:
     floor = frechet_distance(real_feats[floor_idx], ref_feats)
     print(f"Fréchet floor (real {len(floor_idx)} vs real reference {len(ref_idx)}): {floor:.3f}")
 
-    settings = [(f"DDPM-{args.ddpm_steps}", "ddpm", args.ddpm_steps, 0.0, guidance)]
-    settings += [(f"DDIM-{n}", "ddim", n, 0.0, guidance) for n in args.ddim_steps]
-    settings += [(f"DDIM-{args.eta_steps} η=1", "ddim", args.eta_steps, 1.0, guidance)]
+    settings = [(f"DDPM-{args.ddpm_steps}", "ddpm", args.ddpm_steps, 0.0, guidance, "fp32")]
+    settings += [(f"DDIM-{n}", "ddim", n, 0.0, guidance, "fp32") for n in args.ddim_steps]
+    low = "fp16" if device.type == "cuda" else "bf16"  # the app's reduced precision here (choose_precision)
+    settings += [(f"DDIM-{n} {low}", "ddim", n, 0.0, guidance, low) for n in args.low_precision_steps]
+    settings += [(f"DDIM-{args.eta_steps} η=1", "ddim", args.eta_steps, 1.0, guidance, "fp32")]
     if guidance != 1.0:
-        settings += [(f"DDIM-{args.eta_steps} s=1", "ddim", args.eta_steps, 0.0, 1.0)]
+        settings += [(f"DDIM-{args.eta_steps} s=1", "ddim", args.eta_steps, 0.0, 1.0, "fp32")]
     rows = []
-    for name, sampler, steps, eta, scale in settings:
+    for name, sampler, steps, eta, scale, precision in settings:
         gen = generate(unet, scheduler_config, name, sampler, steps, eta, scale, args.samples_per_class,
-                       args.seed, device)
+                       args.seed, device, precision)
         feats, pred = predict(classifier, gen.images)
         y = gen.labels.numpy()
         row = {"name": name, "sampler": sampler, "steps": steps, "eta": eta, "guidance_scale": scale,
+               "precision": precision,
                "samples": int(len(y)), "seconds": round(gen.seconds, 2),
                "frechet": round(frechet_distance(feats, ref_feats), 3),
                "accuracy": round(float((pred == y).mean()), 4),
@@ -324,6 +329,9 @@ def add_subcommand(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, help="default guidance to test (default: the app's)")
     p.add_argument("--ddpm-steps", type=cli.positive_int, default=1000, help="default 1000")
     p.add_argument("--ddim-steps", type=cli.positive_int_list, default=[100, 50, 20, 10], help="default 100,50,20,10")
+    p.add_argument("--low-precision-steps", type=cli.positive_int_list, default=[50, 20],
+                   help="DDIM rows run again in bf16 (fp16 on CUDA), the app's precision where the "
+                        "hardware has it (default 50,20)")
     p.add_argument("--eta-steps", type=cli.positive_int, default=50, help="DDIM steps of the η = 1 row (default 50)")
     p.add_argument("--classifier-steps", type=cli.positive_int, default=1500, help="default 1500")
     p.add_argument("--seed", type=int, default=0, help="default 0")

@@ -24,11 +24,13 @@ sinusoidal timestep embedding takes real τ, so any σ gets its exact level.
 
 Architecture. A diffusers :class:`~diffusers.UNet2DModel` without attention,
 so it is fully convolutional and works on any image size. For speed it runs
-at half resolution: the ``1×H×W`` image is folded into ``r²`` channels of
+at half resolution: the ``C×H×W`` image is folded into ``C·r²`` channels of
 ``H/r × W/r`` (pixel unshuffle, as in FFDNet, Zhang et al. 2018) and the
-predicted noise unfolded back. ``r`` is read from the saved model:
-``in_channels = r²``. One channel at a time: colour images go through the
-network channel by channel (see :mod:`diffusion.lessons.denoising.denoiser`).
+predicted noise unfolded back. ``C`` and ``r`` are read from the saved model:
+``in_channels = C·r²`` with ``C = 1`` (grey) or ``C = 3`` (RGB); the two never
+collide, because ``3 k²`` is never a square. A grey network sees colour images
+one plane at a time (see :mod:`diffusion.lessons.denoising.denoiser`); a colour
+network sees all three planes together, so it can use their correlation.
 """
 
 from __future__ import annotations
@@ -92,12 +94,29 @@ class NoiseLevels:
         return np.interp(target, self.log_abar[::-1], self.knots[::-1])
 
 
+IMAGE_CHANNELS = (1, 3)  # grey, RGB
+
+
+def _channels_and_factor(unet: UNet2DModel) -> tuple[int, int]:
+    """``(C, r)`` with ``in_channels = out_channels = C·r²`` from the saved config (see the module docstring)."""
+    n = int(unet.config.in_channels)
+    if unet.config.out_channels == n:
+        for c in IMAGE_CHANNELS:
+            r = math.isqrt(n // c)
+            if n % c == 0 and r >= 1 and c * r * r == n:
+                return c, r
+    raise ValueError("a denoiser UNet needs in_channels = out_channels = C·r² "
+                     "(C = 1 grey or 3 colour planes, pixel unshuffle by r)")
+
+
+def image_channels(unet: UNet2DModel) -> int:
+    """``C``, the image planes the network denoises together: 1 (grey) or 3 (RGB), from ``in_channels = C·r²``."""
+    return _channels_and_factor(unet)[0]
+
+
 def unshuffle_factor(unet: UNet2DModel) -> int:
-    """``r`` of the pixel (un)shuffle, from the saved config: ``in_channels = r²`` for a 1-channel image."""
-    r = math.isqrt(int(unet.config.in_channels))
-    if r * r != unet.config.in_channels or unet.config.out_channels != unet.config.in_channels:
-        raise ValueError("a denoiser UNet needs in_channels = out_channels = r² (pixel unshuffle by r)")
-    return r
+    """``r`` of the pixel (un)shuffle, from the saved config: ``in_channels = C·r²`` (C = 1 or 3)."""
+    return _channels_and_factor(unet)[1]
 
 
 def size_multiple(unet: UNet2DModel) -> int:
@@ -106,8 +125,8 @@ def size_multiple(unet: UNet2DModel) -> int:
 
 
 def build_denoiser_unet(channels: Sequence[int] = (32, 64, 128), layers_per_block: int = 1,
-                        unshuffle: int = 2, sample_size: int = 48) -> UNet2DModel:
-    """An untrained denoiser: ``UNet2DModel`` with ``r²`` in/out channels, no attention, no classes.
+                        unshuffle: int = 2, sample_size: int = 48, image_channels: int = 1) -> UNet2DModel:
+    """An untrained denoiser: ``UNet2DModel`` with ``C·r²`` in/out channels, no attention, no classes.
 
     Args:
         channels: Feature channels per resolution (each but the last halves the size).
@@ -115,12 +134,16 @@ def build_denoiser_unet(channels: Sequence[int] = (32, 64, 128), layers_per_bloc
         unshuffle: Pixel-unshuffle factor ``r`` (1: full resolution).
         sample_size: Nominal training size at the network's resolution (informational;
             the network is fully convolutional).
+        image_channels: ``C``, 1 for grey images or 3 for RGB.
     """
+    if image_channels not in IMAGE_CHANNELS:
+        raise ValueError(f"image_channels must be one of {IMAGE_CHANNELS}")
     channels = tuple(int(c) for c in channels)
     groups = max(g for g in range(1, 9) if math.gcd(*channels) % g == 0)
     n = len(channels)
     return UNet2DModel(
-        sample_size=sample_size, in_channels=unshuffle**2, out_channels=unshuffle**2,
+        sample_size=sample_size, in_channels=image_channels * unshuffle**2,
+        out_channels=image_channels * unshuffle**2,
         block_out_channels=channels, layers_per_block=layers_per_block,
         down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n,
         norm_num_groups=groups, add_attention=False,
@@ -128,7 +151,7 @@ def build_denoiser_unet(channels: Sequence[int] = (32, 64, 128), layers_per_bloc
 
 
 def predict_noise(unet: UNet2DModel, x_t: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """ε_θ(x_t, τ) for ``(N, 1, H, W)`` images of any size.
+    """ε_θ(x_t, τ) for ``(N, C, H, W)`` images of any size, ``C`` = :func:`image_channels`.
 
     The image is mirror-padded to a multiple of :func:`size_multiple`, folded
     by pixel unshuffle, passed through the UNet and unfolded; the padding is
@@ -136,12 +159,17 @@ def predict_noise(unet: UNet2DModel, x_t: torch.Tensor, tau: torch.Tensor) -> to
 
     Args:
         unet: The denoiser network.
-        x_t: Noisy images ``(N, 1, H, W)`` at the network's scale ``√ᾱ (x_0 + σ ε)``.
+        x_t: Noisy images ``(N, C, H, W)`` at the network's scale ``√ᾱ (x_0 + σ ε)``.
         tau: Continuous timesteps, shape ``(N,)`` or a scalar.
+
+    Raises:
+        ValueError: ``x_t`` does not have the network's ``C`` planes.
     """
-    r = unshuffle_factor(unet)
+    c, r = _channels_and_factor(unet)
     m = size_multiple(unet)
-    n, _, h, w = x_t.shape
+    n, planes, h, w = x_t.shape
+    if planes != c:
+        raise ValueError(f"this denoiser takes {c}-plane images, not {planes}")
     ph, pw = (-h) % m, (-w) % m
     x = x_t
     if ph or pw:
@@ -167,7 +195,7 @@ def tweedie(unet: UNet2DModel, levels: NoiseLevels, y: torch.Tensor, sigma_model
     Args:
         unet: The denoiser network.
         levels: The σ ↔ τ map of its schedule.
-        y: Noisy images ``(N, 1, H, W)`` in model units (``[-1, 1]`` plus noise).
+        y: Noisy images ``(N, C, H, W)`` in model units (``[-1, 1]`` plus noise).
         sigma_model: The noise level σ in model units (``2 σ_255 / 255``), one for all
             images or one per image (shape ``(N,)``).
         predict: Computes ε_θ(x, τ); :func:`predict_noise` unless the caller wraps it

@@ -21,6 +21,7 @@ lesson that wraps a model in its own class passes the wrapper as ``build`` to :f
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -90,6 +91,7 @@ class ModelUnavailable(InputError):
 _cache: dict[tuple[str, str, str], Any] = {}
 _failed: dict[tuple[str, str], str] = {}
 _hub: dict[tuple[str, str], Any] = {}
+_digests: dict[str, tuple[tuple, str]] = {}
 _lock = threading.Lock()
 
 
@@ -231,6 +233,33 @@ def load_text2image(ref: str | Path | None = None, device: torch.device | str = 
                 torch.cuda.empty_cache()
             _hub[key] = load_pipeline(str(ref), device, offline=offline)
         return _hub[key]
+
+
+def weights_digest(ref: str | Path) -> str:
+    """A digest of a model's weights, for keying results: the name's folder (or ``ref`` itself,
+    a folder or a hub id) hashed over its safetensors and JSON files, once per folder.
+
+    Results computed with other weights (a retrained model dropped in place) never match.
+    """
+    folder = MODELS[ref].path if isinstance(ref, str) and ref in MODELS else Path(ref)
+    if not folder.is_dir():  # a hub id: its name is all there is before it is downloaded
+        return hashlib.sha256(str(ref).encode()).hexdigest()[:16]
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".json") and p.is_file())
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    with _lock:
+        cached = _digests.get(str(folder))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(str(p.relative_to(folder)).encode())
+        with open(p, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    value = digest.hexdigest()[:16]
+    with _lock:
+        _digests[str(folder)] = (stamp, value)
+    return value
 
 
 def clear_cache() -> None:

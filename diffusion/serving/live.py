@@ -34,9 +34,12 @@ class LiveRun:
             lesson's result holding one). A loop that is not a reverse process (training)
             may report any record with a ``step`` attribute instead of a ``StepInfo``.
         name: The worker thread's name (shows in stack dumps).
+        start: Start the worker thread now. With False the run waits until someone calls
+            :meth:`run` in a thread of their own (the job queue of :mod:`diffusion.serving.jobs`).
     """
 
-    def __init__(self, target: Callable[[StepCallback, StopFlag], Any], name: str = "live-run") -> None:
+    def __init__(self, target: Callable[[StepCallback, StopFlag], Any], name: str = "live-run",
+                 start: bool = True) -> None:
         self.stop_event = threading.Event()
         self.done = threading.Event()
         self.result: Any = None
@@ -45,19 +48,28 @@ class LiveRun:
         self._lock = threading.Lock()
         self._target = target
         self.started = time.perf_counter()
-        self._thread = threading.Thread(target=self._main, daemon=True, name=name)
-        self._thread.start()
+        self.callbacks: list[Callable[[Any], None]] = []  # more listeners of every step (the job queue's)
+        if start:
+            threading.Thread(target=self._main, daemon=True, name=name).start()
 
-    def _callback(self, info: StepInfo) -> None:
+    def run(self) -> None:
+        """Run the loop in the calling thread (a run made with ``start=False``); never raises."""
+        self.started = time.perf_counter()
+        self._main()
+
+    def report(self, info: StepInfo) -> None:
+        """The run contract's callback: keep the newest step (a batched run calls it for each job)."""
         # A step's tensors may live on the device and be reused by the loop: keep a CPU copy.
         # Other progress records (a training step's loss) are plain values already.
         copy = info.to_cpu() if isinstance(info, StepInfo) else info
         with self._lock:
             self._latest = copy
+        for listener in self.callbacks:
+            listener(copy)
 
     def _main(self) -> None:
         try:
-            self.result = self._target(self._callback, self.stop_event.is_set)
+            self.result = self._target(self.report, self.stop_event.is_set)
         except BaseException as error:  # noqa: BLE001 - handed to the streaming thread
             self.error = error
         finally:

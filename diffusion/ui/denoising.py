@@ -1,8 +1,10 @@
 """Lesson 5 tab: denoise your own photo with a diffusion model, side by side with the classics.
 
-Each method runs in a worker thread (:class:`~diffusion.serving.live.LiveRun`), one after
-the other; the multi-step method reports its DDIM steps through the run contract, and
-Stop (or a closed page) ends it after its current step. A finished comparison stays in a
+The methods run one after the other as one job of the server's job queue
+(:mod:`diffusion.serving.jobs`): a student sees their place while it waits, and identical
+requests (the same photo, noise seed and settings) share one run. The multi-step method
+reports its DDIM steps through the run contract, and Stop (or a closed page) ends the run
+after its current step unless another student is watching it too. A finished comparison stays in a
 bounded :class:`~diffusion.serving.store.RunStore` for the zoom view.
 
 The handlers (:class:`DenoisingHandlers`) return ``{output name: value}`` and need no Blocks.
@@ -10,6 +12,7 @@ The handlers (:class:`DenoisingHandlers`) return ``{output name: value}`` and ne
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -19,24 +22,28 @@ import numpy as np
 from diffusion.errors import InputError, check_choice, check_range
 from diffusion.examples import list_examples
 from diffusion.lessons.denoising import (
-    COLOR_MODES, DEFAULT_METHODS, DEFAULTS, DIFFUSION_METHODS, LIMITS, METHODS, MethodResult, check_methods,
-    check_zoom, classical, load_denoiser, prepare, run_method, score, summary, to_uint8,
+    COLOR_MODES, DEFAULT_METHODS, DEFAULTS, DIFFUSION_METHODS, LIMITS, METHODS, MethodResult, Progress,
+    check_methods, check_zoom, classical, compare_methods, load_denoiser, prepare, score, summary, to_uint8,
 )
 from diffusion.lessons.denoising import figures as denoise_plots
 from diffusion.models import registry as models
 from diffusion.models.denoiser_net import sigma_to_model
 from diffusion.serving.gpu import model_device
-from diffusion.serving.live import LiveRun
+from diffusion.serving.jobs import JobQueue, Ticket, Waiting, request_key
 from diffusion.serving.store import RunStore
-from diffusion.ui.handlers import bind, guarded
+from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input
 from diffusion.ui.settings import AppSettings
-from diffusion.ui.widgets import LATEX, ImageInput, progress_html
+from diffusion.ui.widgets import LATEX, ImageInput, progress_html, waiting_html
 
 log = logging.getLogger("diffusion.ui")
 
 PATH_FRAMES = 5  # multi-step frames shown
 RESULTS_BYTES = 400 * 1024 * 1024  # finished comparisons kept for the zoom view
+# First guesses of each method's seconds per 100,000 pixels (per step for multi-step) on a
+# 2-core CPU; the job queue corrects them by the runs it measures.
+METHOD_COST_S = {"diffusion_one_step": 0.15, "diffusion_multi_step": 0.15, "gaussian_heat": 0.01,
+                 "total_variation": 0.1, "nl_means": 0.3, "bm3d": 4.0}
 
 
 @dataclass
@@ -121,16 +128,42 @@ class DenoisingHandlers:
         device: Where the denoiser runs.
     """
 
-    def __init__(self, tr: Translator, device: str) -> None:
+    def __init__(self, tr: Translator, device: str, jobs: JobQueue | None = None) -> None:
         self.tr, self.device = tr, device
+        self.jobs = jobs or JobQueue()
+
+    def submit(self, chosen: list[str], prepared, denoiser, steps: int, eta: float, seed: int, color: str,
+               client: str, capped: bool = True) -> Ticket:
+        """Queue the comparison (or join an identical one): the same noisy pixels and settings share a run."""
+        digest = hashlib.sha256(np.ascontiguousarray(prepared.noisy).tobytes()).hexdigest()
+        clean = (hashlib.sha256(prepared.clean.tobytes()).hexdigest() if prepared.clean is not None else None)
+        key = request_key("denoising", {
+            "noisy": digest, "shape": prepared.noisy.shape, "clean": clean, "sigma": prepared.sigma,
+            "methods": chosen, "steps": steps, "eta": eta, "seed": seed, "color": color, "device": self.device,
+            "precision": getattr(denoiser, "precision", None)}, models.weights_digest(models.DENOISER))
+        pixels = prepared.noisy.shape[0] * prepared.noisy.shape[1] / 1e5
+        estimate = pixels * sum(METHOD_COST_S.get(m, 0.1) * (steps if m == "diffusion_multi_step" else 1)
+                                for m in chosen)
+        return self.jobs.submit(
+            "denoising", lambda callback, stop: compare_methods(
+                chosen, prepared.noisy, prepared.sigma, clean=prepared.clean, denoiser=denoiser, steps=steps,
+                eta=eta, seed=seed, color=color, callback=callback, stop=stop),
+            key=key, client=client, estimate_s=estimate, capped=capped)
 
     def zoom_plot(self, finished: Finished, zoom: tuple[float, float, int], lang):
         zx, zy, size = zoom
         return denoise_plots.zoom_figure(finished.context, finished.panels, (zx / 100, zy / 100), size,
                                          self.tr.table("denoising.plot.", lang))
 
+    def example(self, image, lang):
+        """The comparison the tab opens with: the first example photo at the default settings (cached)."""
+        d = DEFAULTS
+        yield from self.denoise(image, d["sigma"], d["seed"], DEFAULT_METHODS, d["sigma_override"], d["steps"],
+                                d["eta"], d["color"], d["max_side"], d["zoom_x"], d["zoom_y"], d["zoom_size"], lang,
+                                example=True)
+
     def denoise(self, image, sigma, seed, methods, sigma_override, steps, eta, color, max_side, zoom_x, zoom_y,
-                zoom_size, lang):
+                zoom_size, lang, request: gr.Request = None, example: bool = False):
         """``/denoise``: add noise (or estimate it), run each chosen method, score and compare."""
         tr = self.tr
         chosen = check_methods(methods)
@@ -177,28 +210,38 @@ class DenoisingHandlers:
         if noisy.psnr is not None:
             noisy_caption += f" · {noisy.psnr:.2f} dB · SSIM {noisy.ssim:.3f}"
         gallery_items.append((_display(noisy_u8), noisy_caption))
-        results: list[MethodResult] = []
-        yield {"status": progress_html(0.0, tr.text("denoising.adding", lang)), "notice": notice_text(),
-               "gallery": gallery_items, "table": _table(tr, lang, noisy, results), "path": [], "run_id": ""}
-        for i, method in enumerate(chosen):
-            text = tr.text("denoising.running", lang, method=tr.text(f"denoising.method.{method}", lang),
-                           i=i + 1, n=len(chosen))
-            yield {"status": progress_html(i / len(chosen), text)}
-            live = LiveRun(lambda callback, stop, method=method: run_method(
-                method, prepared.noisy, prepared.sigma, clean=prepared.clean, denoiser=denoiser, steps=steps,
-                eta=eta, seed=seed, color=color, callback=callback, stop=stop), name="denoise-method")
-            try:
-                for info in live.wait():
-                    if info is not None:  # the multi-step method reports its steps
-                        step_text = text + " " + tr.text("denoising.step", lang, i=info.step + 1, n=info.total)
-                        fraction = (i + (info.step + 1) / info.total) / len(chosen)
-                        yield {"status": progress_html(fraction, step_text)}
-            finally:
-                live.stop()  # cancelled (Stop, a closed page): the worker ends after its current step
-            result = live.result
-            results.append(result)
-            gallery_items.append((_display(result.image), caption(tr, lang, result)))
-            yield {"gallery": gallery_items, "table": _table(tr, lang, noisy, results)}
+        first = tr.text("example.preparing" if example else "denoising.adding", lang)
+        yield {"status": progress_html(0.0, first), "notice": notice_text(),
+               "gallery": gallery_items, "table": _table(tr, lang, noisy, []), "path": [], "run_id": ""}
+        ticket = self.submit(chosen, prepared, denoiser, steps, eta, seed, color,
+                             EXAMPLES_CLIENT if example else client_of(request), capped=not example)
+        shown = 0
+        try:
+            for update in ticket.updates(heartbeat=True):
+                if isinstance(update, Waiting):
+                    yield {"status": waiting_html(tr, lang, update)}
+                elif isinstance(update, Progress):
+                    i = update.method
+                    answer = {}
+                    if i < len(chosen):
+                        text = tr.text("denoising.running", lang, n=len(chosen), i=i + 1,
+                                       method=tr.text(f"denoising.method.{chosen[i]}", lang))
+                        fraction = i / len(chosen)
+                        if update.inner is not None:  # the multi-step method reports its steps
+                            text += " " + tr.text("denoising.step", lang, i=update.inner.step + 1,
+                                                  n=update.inner.total)
+                            fraction += (update.inner.step + 1) / update.inner.total / len(chosen)
+                        answer["status"] = progress_html(fraction, text)
+                    if len(update.done) > shown:  # a method finished: show it at once
+                        shown = len(update.done)
+                        answer.update(gallery=gallery_items + [(_display(r.image), caption(tr, lang, r))
+                                                               for r in update.done],
+                                      table=_table(tr, lang, noisy, update.done))
+                    yield answer
+        finally:
+            ticket.close()  # cancelled (Stop, a closed page): the run ends unless others watch it too
+        results = ticket.result.results
+        gallery_items += [(_display(r.image), caption(tr, lang, r)) for r in results]
         context = prepared.clean if prepared.clean is not None else noisy_u8
         panels = ([(tr.text("denoising.clean", lang), prepared.clean)] if prepared.clean is not None else [])
         panels += [(tr.text("denoising.noisy", lang), noisy_u8)]
@@ -207,10 +250,16 @@ class DenoisingHandlers:
         new_id = RESULTS.add(finished)
         multi = next((r for r in results if r.run is not None), None)
         total = sum(r.seconds for r in results)
-        yield {"status": progress_html(1.0, tr.text("denoising.done", lang, n=len(results), seconds=total)),
+        done = tr.text("denoising.done", lang, n=len(results), seconds=total)
+        if example:
+            done = tr.text("example.shown", lang) + " " + done
+        elif ticket.shared:
+            done += " " + tr.text("queue.shared", lang)
+        yield {"status": progress_html(1.0, done),
                "notice": notice_text(), "gallery": gallery_items, "table": _table(tr, lang, noisy, results),
                "zoom": self.zoom_plot(finished, zoom, lang), "path": path_items(tr, lang, multi) if multi else [],
-               "run_id": new_id, "summary": summary(prepared.sigma, prepared.sigma_estimated, results, noisy)}
+               "run_id": new_id, "summary": {**summary(prepared.sigma, prepared.sigma_estimated, results, noisy),
+                                             "shared": ticket.shared, "stopped": ticket.result.stopped}}
 
     def rezoom(self, run_id, zoom_x, zoom_y, zoom_size, lang):
         """``/denoise_zoom``: another crop of a finished comparison."""
@@ -226,8 +275,8 @@ class DenoisingHandlers:
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Lay out the denoising tab and wire its events to :class:`DenoisingHandlers`."""
     examples = [str(p) for p in list_examples(noisy=True) if p.name != "digit.png"]
-    handlers = DenoisingHandlers(tr, model_device(settings.device))
-    heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
+    handlers = DenoisingHandlers(tr, model_device(settings.device), settings.jobs)
+    heavy = settings.model_events()
     gr.Markdown(tr("denoising.intro"), latex_delimiters=LATEX)
     if not models.denoiser_available():
         log.warning("lesson 5: no usable denoiser at %s; classical methods only", models.MODELS[models.DENOISER].path)
@@ -242,7 +291,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                               elem_id="denoise-sigma")
             seed = gr.Number(DEFAULTS["seed"], precision=0, label=tr("denoising.seed"), elem_id="denoise-seed")
             methods = gr.CheckboxGroup(method_choices, value=DEFAULT_METHODS, label=tr("param.methods"),
-                                       elem_id="denoise-methods")
+                                       info=tr("denoising.methods_info"), elem_id="denoise-methods")
             with gr.Accordion(tr("denoising.options"), open=False, elem_id="denoise-options"):
                 sigma_override = gr.Slider(*LIMITS["sigma_override"], value=DEFAULTS["sigma_override"], step=0.5,
                                            label=tr("param.sigma_override"), elem_id="denoise-sigma-override")
@@ -287,6 +336,12 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
               lang]
     event = run.click(bind(guarded(tr)(handlers.denoise), outputs), inputs, list(outputs.values()), js=LANG_JS,
                       api_name="denoise", show_progress="hidden", **heavy)
+    if examples:  # the tab opens with the first example's comparison at the default settings
+        def opening(lang):
+            yield from handlers.example(examples[0], lang)
+        demo.load(bind(guarded(tr)(opening), outputs), [lang], list(outputs.values()), js=LANG_JS, show_progress="hidden",
+                  api_visibility="private", **heavy)
+        settings.examples.append(lambda: list(handlers.example(examples[0], "en")))
     stop.click(bind(handlers.stopped, outputs), [lang], status, js=LANG_JS, cancels=[event], queue=False,
                api_visibility="private")
     gr.on([zoom_x.input, zoom_y.input, zoom_size.input], bind(guarded(tr)(handlers.rezoom), outputs),

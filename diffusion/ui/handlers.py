@@ -25,12 +25,19 @@ log = logging.getLogger("diffusion.ui")
 def guarded(tr: Translator, scope: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Turn core errors into translated ``gr.Error`` messages, never stack traces.
 
-    The wrapped handler must take ``lang`` as its last positional argument. Works for
-    plain functions and generators (streaming events). ``scope`` names the lesson whose
+    The wrapped handler must take a ``lang`` argument (the last one, or the last but a
+    ``gr.Request``, which gradio passes after the inputs). Works for plain functions and
+    generators (streaming events). ``scope`` names the lesson whose
     own parameter names come first (see :meth:`~diffusion.ui.i18n.Translator.error`).
     """
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        names = list(inspect.signature(fn).parameters)
+        at = names.index("lang") if "lang" in names else -1
+
+        def lang_of(args: tuple) -> Any:
+            return args[at] if args and -len(args) <= at < len(args) else "en"
+
         def convert(exc: Exception, lang: Any) -> gr.Error:
             if isinstance(exc, gr.Error):
                 return exc
@@ -42,7 +49,7 @@ def guarded(tr: Translator, scope: str | None = None) -> Callable[[Callable[...,
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def gen_wrapper(*args: Any) -> Any:
-                lang = args[-1] if args else "en"
+                lang = lang_of(args)
                 try:
                     yield from fn(*args)
                 except Exception as exc:  # noqa: BLE001 - the user sees a message, the log the trace
@@ -51,7 +58,7 @@ def guarded(tr: Translator, scope: str | None = None) -> Callable[[Callable[...,
 
         @functools.wraps(fn)
         def wrapper(*args: Any) -> Any:
-            lang = args[-1] if args else "en"
+            lang = lang_of(args)
             try:
                 return fn(*args)
             except Exception as exc:  # noqa: BLE001
@@ -61,6 +68,12 @@ def guarded(tr: Translator, scope: str | None = None) -> Callable[[Callable[...,
     return decorate
 
 
+EXAMPLES_CLIENT = "examples"  # the job queue's name for the example runs every model tab opens with
+
+
+def client_of(request: Any) -> str:
+    """Who asks, for the job queue's fairness: the browser session (each API client has its own)."""
+    return str(getattr(request, "session_hash", None) or "anonymous")
 
 
 def bind(handler: Callable[..., Any], outputs: Mapping[str, gr.components.Component]) -> Callable[..., Any]:

@@ -20,6 +20,7 @@ from diffusion.serving import render_pool
 from diffusion.serving.cache import LRUCache
 from diffusion.ui.handlers import bind, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input, normalize_lang
+from diffusion.ui.player import frame_player, pack_frames
 from diffusion.ui.settings import AppSettings
 from diffusion.ui.widgets import LATEX, plot_picture
 
@@ -47,6 +48,9 @@ RUN_FIELDS = ("initial_condition", "custom_expression", "diffusivity", "length",
               "n_steps", "scheme", "boundary", "sine_mode", "seed")
 # What the stability line depends on, in the order of its inputs.
 R_FIELDS = ("diffusivity", "length", "n_points", "t_end", "n_steps", "scheme", "boundary")
+# Moments of a run sent to the browser's player: every other stored frame of the default 101
+# (about 1.8 MB for a smooth profile, drawn in under a second on one core).
+PLAYER_FRAMES = 51
 
 
 def _plot(figure) -> Any:
@@ -58,9 +62,9 @@ class HeatHandlers:
     """The tab's event handlers, with the translator, the settings and the tab's caches.
 
     ``simulate`` answers ``/heat_simulate`` and ``heat_kernel`` answers ``/heat_kernel``; their
-    docstrings' first paragraphs are the API page's descriptions. ``simulate``, ``heat_kernel``
-    and ``scrub`` are wrapped by :func:`guarded` when the object is made: a core error
-    reaches the student as a translated ``gr.Error``.
+    docstrings' first paragraphs are the API page's descriptions. ``simulate``, ``heat_kernel``,
+    ``scrub`` and ``frames`` are wrapped by :func:`guarded` when the object is made: a core
+    error reaches the student as a translated ``gr.Error``.
     """
 
     def __init__(self, tr: Translator, settings: AppSettings | None = None) -> None:
@@ -70,10 +74,13 @@ class HeatHandlers:
         self.runs = LRUCache(capacity=16)
         # Heat-kernel plots by (D, t, L, language).
         self.kernels = LRUCache(capacity=16)
+        # The browser player's value by (validated settings, language): at most 3 MB each.
+        self.players = LRUCache(capacity=8)
         guard = guarded(tr)
         self.simulate = guard(self.simulate)
         self.heat_kernel = guard(self.heat_kernel)
         self.scrub = guard(self.scrub)
+        self.frames = guard(self.frames)
 
     def _render(self, params: heat.HeatParams, lang: str) -> tuple:
         result = heat.simulate(params)
@@ -137,6 +144,36 @@ class HeatHandlers:
             return {"profile": gr.skip()}
         index = int(np.argmin(np.abs(result.times - float(t))))
         return {"profile": _plot(figures.plot_profile(result, index, self.tr.table("heat.plot.", lang)))}
+
+    def frames(self, result, lang) -> dict[str, Any]:
+        """The player's value for a finished run: the profile at up to :data:`PLAYER_FRAMES` moments.
+
+        Sent once after a run; the player's Play button and slider then move through the
+        moments in the browser, with no request per move. Each caption holds that
+        moment's own numbers: its time, the total heat and the largest error against the
+        exact solution.
+        """
+        if not isinstance(result, heat.HeatResult):
+            return {"player": gr.skip()}
+        lang = normalize_lang(lang)
+        return {"player": self.players.get_or_make((result.params, lang), lambda: self._frames(result, lang))}
+
+    def _frames(self, result: heat.HeatResult, lang: str) -> str:
+        n, last = len(result.times), _last_finite_frame(result)
+        # Always the last frame before a blow-up too: the player starts there, as the slider did.
+        picks = sorted({int(round(v)) for v in np.linspace(0, n - 1, min(n, PLAYER_FRAMES))} | {last})
+        pictures = figures.profile_frames(result, picks, self.tr.table("heat.plot.", lang))
+        errors = np.abs(result.u - result.u_exact).max(axis=1)  # NaN from a blow-up on
+        captions = []
+        for i in picks:
+            if np.isfinite(result.u[i]).all():
+                captions.append(self.tr.text("heat.player_caption", lang, t=result.times[i],
+                                             mass=result.mass[i], err=errors[i]))
+            else:
+                captions.append(self.tr.text("heat.player_caption_blowup", lang, t=result.times[i],
+                                             t0=result.blow_up_time or 0.0))
+        return pack_frames([("", pictures)], captions, start=picks.index(last), fps=10,
+                           note=self.tr.text("heat.player_note", lang, n=len(picks)))
 
     def show_r(self, diffusivity, length, n_points, t_end, n_steps, scheme, boundary, lang) -> dict[str, str]:
         """The stability line: r = D dt / dx^2 and what it means for the chosen scheme."""
@@ -210,8 +247,13 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         with gr.Column(scale=2):
             status = gr.Markdown(latex_delimiters=LATEX, elem_id="heat-status")
             heatmap = gr.Plot(label=tr("heat.heatmap"), format="png", show_label=False, elem_id="heat-heatmap")
-            profile = gr.Plot(label=tr("heat.profile"), format="png", show_label=False, elem_id="heat-profile")
-            time = gr.Slider(0, DEFAULTS.t_end, value=DEFAULTS.t_end, label=tr("heat.time"), elem_id="heat-time")
+            # The player shows the profile at every moment, scrubbed in the browser. The
+            # server-drawn profile and its time slider stay (hidden) as /heat_simulate's outputs.
+            player = frame_player(tr, "heat-player", "heat.player_slider")
+            profile = gr.Plot(label=tr("heat.profile"), format="png", show_label=False, elem_id="heat-profile",
+                              visible=False)
+            time = gr.Slider(0, DEFAULTS.t_end, value=DEFAULTS.t_end, label=tr("heat.time"), elem_id="heat-time",
+                             visible=False)
             with gr.Row():
                 error = gr.Plot(label=tr("heat.error"), format="png", show_label=False, elem_id="heat-error")
                 mass = gr.Plot(label=tr("heat.mass"), format="png", show_label=False, elem_id="heat-mass")
@@ -230,6 +272,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     run_outputs = {"status": status, "heatmap": heatmap, "profile": profile, "time": time, "error": error,
                    "mass": mass, "state": state, "summary": summary}
     kernel_output = {"kernel": kernel}
+    player_output = {"player": player}
     preset_outputs = {name: fields[name] for name in PRESET_FIELDS}
     ic_outputs = {name: fields[name] for name in ("custom_expression", "sine_mode", "seed")}
     bridge_output = {"bridge_open": bridge_open}
@@ -241,11 +284,20 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     kernel_event = dict(fn=bind(handlers.kernel_if_open, kernel_output),
                         inputs=[bridge_open, d, t_end, length, lang], outputs=list(kernel_output.values()),
                         js=LANG_JS, api_visibility="private", concurrency_id="light", show_progress="hidden")
+    # The run's frames go to the browser's player once, right after the run's own outputs;
+    # "always_last": a run that ends while the previous run's frames are still being drawn
+    # gets its own frames afterwards (the default would drop them).
+    player_event = dict(fn=bind(handlers.frames, player_output), inputs=[state, lang],
+                        outputs=list(player_output.values()), js=LANG_JS, api_visibility="private",
+                        concurrency_id="light", show_progress="minimal", trigger_mode="always_last")
     # .success: after a refused run the kernel would only repeat the same error message.
-    run.click(**run_event, api_name="heat_simulate").success(**kernel_event)
-    preset.select(bind(apply_preset, preset_outputs), preset, list(preset_outputs.values()),
-                  api_visibility="private", queue=False).then(**run_event, api_visibility="private").success(
-                      **kernel_event)
+    ran = run.click(**run_event, api_name="heat_simulate")
+    ran.success(**player_event)
+    ran.success(**kernel_event)
+    preset_ran = preset.select(bind(apply_preset, preset_outputs), preset, list(preset_outputs.values()),
+                               api_visibility="private", queue=False).then(**run_event, api_visibility="private")
+    preset_ran.success(**player_event)
+    preset_ran.success(**kernel_event)
     bridge.expand(bind(bridge_opened, bridge_output), None, list(bridge_output.values()),
                   api_visibility="private", queue=False).then(
         bind(handlers.heat_kernel, kernel_output), [d, t_end, length, lang], list(kernel_output.values()),
@@ -261,7 +313,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     time.input(bind(handlers.scrub, {"profile": profile}), [state, time, lang], [profile], js=LANG_JS,
                api_visibility="private", concurrency_id="light", trigger_mode="always_last",
                show_progress="hidden")
-    demo.load(**run_event, api_visibility="private")
+    demo.load(**run_event, api_visibility="private").success(**player_event)
     demo.load(show_r, r_inputs, [stability], js=LANG_JS, api_visibility="private", queue=False)
 
 

@@ -1,7 +1,9 @@
 """Lesson 3 tab: a 2-D diffusion model trained live, with its score field next to the exact one.
 
-Training and sampling are model jobs: they run in a worker thread
-(:class:`~diffusion.serving.live.LiveRun`) in the heavy queue, Stop ends them after the
+Training is a model job of the server's queue (:mod:`diffusion.serving.jobs`: a waiting
+student sees their place, and a class training the same points with the same settings
+shares one run, each student then getting their own copy); sampling and the score field
+are short and run in the heavy group of gradio's queue. Stop ends a training after the
 current step, and the trained run stays in a bounded :class:`~diffusion.serving.store.RunStore`
 so "continue", sampling and the score field work on it later. Sampled trajectories go to
 the browser once and play there (:func:`~diffusion.ui.canvas.points_player`).
@@ -11,7 +13,9 @@ The handlers (:class:`Lab2DHandlers`) return ``{output name: value}`` and need n
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +28,13 @@ from diffusion.lessons import lab2d
 from diffusion.lessons.lab2d import figures
 from diffusion.lessons.lab2d.config import check_int, check_name
 from diffusion.schedule import display_t
-from diffusion.serving.live import LiveRun
+from diffusion.serving.jobs import JobQueue, Waiting, request_key
 from diffusion.serving.store import RunStore
 from diffusion.ui.canvas import player_value, points_player, read_strokes, stroke_canvas
-from diffusion.ui.handlers import bind, guarded
+from diffusion.ui.handlers import bind, client_of, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input
 from diffusion.ui.settings import AppSettings
-from diffusion.ui.widgets import LATEX, progress_html
+from diffusion.ui.widgets import LATEX, progress_html, waiting_html
 
 D, L = lab2d.DEFAULTS, lab2d.LIMITS
 RUN_STORE_BYTES = 256 * 2**20
@@ -69,6 +73,7 @@ class Session:
 
 
 RUNS = RunStore(RUN_STORE_BYTES, missing_code="lab2d_no_run", expired_code="lab2d_run_expired")
+TRAIN_STEP_S = 1.3e-3  # a first guess of one training step's seconds (the job queue corrects it)
 
 
 @dataclass
@@ -77,6 +82,23 @@ class Progress:
 
     step: int
     loss: float
+    losses: list[float]  # the run's losses so far (the list the training appends to)
+
+
+@dataclass(eq=False)
+class Trained:
+    """A finished training job: the run (shared by identical requests, so each copies it) and its result."""
+
+    run: lab2d.Lab2DRun
+    result: Any
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.result.stopped)
+
+    @property
+    def nbytes(self) -> int:
+        return Session(self.run).nbytes
 
 
 def sampler_label(tr: Translator, lang: str, sampler: str, predictor: str) -> str:
@@ -87,8 +109,9 @@ def sampler_label(tr: Translator, lang: str, sampler: str, predictor: str) -> st
 class Lab2DHandlers:
     """The tab's event handlers; each yields or returns ``{output name: value}``."""
 
-    def __init__(self, tr: Translator) -> None:
+    def __init__(self, tr: Translator, jobs: JobQueue | None = None) -> None:
         self.tr = tr
+        self.jobs = jobs or JobQueue()
 
     def _text(self, lang: str) -> dict[str, str]:
         return self.tr.table("lab2d.plot.", lang)
@@ -110,57 +133,76 @@ class Lab2DHandlers:
                                              alpha_bar=info["alpha_bar"], variance=info["variance"],
                                              heat_time=lab2d.heat_time(info["variance"]))}
 
-    def train(self, dataset, n_points, seed, train_steps, hidden, depth, learning_rate, schedule, text, lang):
+    def train(self, dataset, n_points, seed, train_steps, hidden, depth, learning_rate, schedule, text, lang,
+              request: gr.Request = None):
         """``/lab2d_train``: a new run on a built-in set or a typed word (drawings come through the UI)."""
         yield from self.train_drawn(dataset, n_points, seed, train_steps, hidden, depth, learning_rate, schedule,
-                                    text, None, lang)
+                                    text, None, lang, request)
 
     def train_drawn(self, dataset, n_points, seed, train_steps, hidden, depth, learning_rate, schedule, text,
-                    drawing, lang):
+                    drawing, lang, request: gr.Request = None):
         """Train a new run (the UI's button: the canvas is one more input)."""
         data = self.make_dataset(dataset, n_points, seed, text, drawing)
         run = lab2d.new_run(data, hidden, depth, schedule, learning_rate, seed)
-        session, run_id = Session(run), RUNS.new_id()
-        yield from self._train(session, run_id, train_steps, lang)
+        steps = check_int("steps", train_steps)
+        # The same points and settings train the same network: a class pressing Train together shares one run.
+        key = request_key("lab2d_train", {
+            "points": hashlib.sha256(np.ascontiguousarray(data.points).tobytes()).hexdigest(), "name": data.name,
+            "model": vars(run.model_config), "train": vars(run.train_config), "seed": seed, "steps": steps})
+        yield from self._train(None, RUNS.new_id(), run, steps, key, lang, client_of(request))
 
-    def resume(self, run_id, train_steps, lang):
+    def resume(self, run_id, train_steps, lang, request: gr.Request = None):
         """``/lab2d_continue``: train a kept run further, from where it stopped."""
         session = RUNS.get(run_id)
-        yield from self._train(session, run_id, train_steps, lang)
+        yield from self._train(session, run_id, session.run, check_int("steps", train_steps), None, lang,
+                               client_of(request))
 
-    def _train(self, session: Session, run_id: str, train_steps: Any, lang: str):
-        tr, run = self.tr, session.run
-        steps = check_int("steps", train_steps)
+    def _train(self, session: Session | None, run_id: str, run: lab2d.Lab2DRun, steps: int, key: str | None,
+               lang: str, client: str):
+        tr = self.tr
         yield {"status": progress_html(0, tr.text("lab2d.training", lang, done=0, total=steps, loss="–")),
                "run_id": run_id}
-        if not session.lock.acquire(timeout=600):
+        if session is not None and not session.lock.acquire(timeout=600):
             raise InputError("lab2d_busy", "This run is busy; try again in a moment.")
         try:
             first = run.step
-            live = LiveRun(lambda callback, stop: lab2d.train(
-                run, steps, callback=lambda s, loss: callback(Progress(s, loss)), stop=stop), name="lab2d-train")
-            RUNS.add_live(run_id, live)
-            session.samples.clear()
+            ticket = self.jobs.submit("lab2d", lambda callback, stop: Trained(run, lab2d.train(
+                run, steps, callback=lambda s, loss: callback(Progress(s, loss, run.losses)), stop=stop)),
+                key=key, client=client, estimate_s=TRAIN_STEP_S * steps)
+            RUNS.add_live(run_id, ticket)
+            if session is not None:
+                session.samples.clear()
+            trained = None
             try:
-                for progress in live.steps(interval=0.5):
+                for progress in ticket.updates(interval=0.5):
+                    if isinstance(progress, Waiting):
+                        yield {"status": waiting_html(tr, lang, progress)}
+                        continue
                     done = progress.step - first
                     yield {"status": progress_html(done / steps, tr.text(
                         "lab2d.training", lang, done=done, total=steps, loss=f"{progress.loss:.4f}")),
-                        "loss_plot": figures.plot_loss(run.losses[:progress.step], self._text(lang))}
-                result = live.result
+                        "loss_plot": figures.plot_loss(progress.losses[:progress.step], self._text(lang))}
+                trained = ticket.result
             finally:
-                live.stop()
-                RUNS.finish(run_id, session)
+                ticket.close()
+                if trained is not None and session is None:  # its own copy: training it on changes no one else's
+                    session = Session(copy.deepcopy(trained.run) if key is not None else trained.run)
+                RUNS.finish(run_id, session if trained is not None else None)
         finally:
-            session.lock.release()
-        key = "lab2d.train_stopped" if result.stopped else "lab2d.trained"
+            if session is not None and session.lock.locked():
+                session.lock.release()
+        run, result = session.run, trained.result
+        status = "lab2d.train_stopped" if result.stopped else "lab2d.trained"
         summary = {"run_id": run_id, "dataset": run.dataset.name, "n_train": len(run.dataset),
                    "train_steps": run.step, "steps_this_call": result.steps_run, "stopped": result.stopped,
                    "seconds": round(result.seconds, 3), "final_loss": None if result.loss is None
                    else round(result.loss, 6), "hidden": run.model_config.hidden, "depth": run.model_config.depth,
-                   "schedule": run.train_config.schedule, "learning_rate": run.train_config.learning_rate}
-        yield {"status": progress_html(1.0, tr.text(key, lang, steps=run.step, seconds=result.seconds,
-                                                     loss=summary["final_loss"] or 0.0)),
+                   "schedule": run.train_config.schedule, "learning_rate": run.train_config.learning_rate,
+                   "shared": ticket.shared}
+        text = tr.text(status, lang, steps=run.step, seconds=result.seconds, loss=summary["final_loss"] or 0.0)
+        if ticket.shared:
+            text += " " + tr.text("queue.shared", lang)
+        yield {"status": progress_html(1.0, text),
                "loss_plot": figures.plot_loss(run.losses, self._text(lang)), "run_id": run_id, "summary": summary}
 
     def _sample(self, session: Session, sampler: str, predictor: str, num_inference_steps, eta, n_samples, seed):
@@ -246,7 +288,7 @@ class Lab2DHandlers:
 
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Lay out the 2-D lab and wire its events to :class:`Lab2DHandlers`."""
-    handlers = Lab2DHandlers(tr)
+    handlers = Lab2DHandlers(tr, settings.jobs)
     heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
     gr.Markdown(tr("lab2d.intro"), latex_delimiters=LATEX)
     with gr.Row():
@@ -325,13 +367,14 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                    [text, canvas_box], queue=False, api_visibility="private")
     train_out = dict(status=status, loss_plot=loss_plot, run_id=run_id, summary=summary)
     settings_in = [train_steps, hidden, depth, learning_rate, schedule]
+    queued = settings.model_events()  # training waits in the job queue, where a student sees their place
     train.click(bind(guarded(tr, "lab2d")(handlers.train_drawn), train_out),
                 [dataset, n_points, seed, *settings_in, text, drawing, lang], list(train_out.values()), js=LANG_JS,
-                show_progress="hidden", api_visibility="private", **heavy)
+                show_progress="hidden", api_visibility="private", **queued)
     api_train.click(bind(guarded(tr, "lab2d")(handlers.train), train_out), [dataset, n_points, seed, *settings_in, text, lang],
-                    list(train_out.values()), js=LANG_JS, api_name="lab2d_train", show_progress="hidden", **heavy)
+                    list(train_out.values()), js=LANG_JS, api_name="lab2d_train", show_progress="hidden", **queued)
     more.click(bind(guarded(tr, "lab2d")(handlers.resume), train_out), [run_id, train_steps, lang], list(train_out.values()),
-               js=LANG_JS, api_name="lab2d_continue", show_progress="hidden", **heavy)
+               js=LANG_JS, api_name="lab2d_continue", show_progress="hidden", **queued)
     stop.click(handlers.stop, [run_id], None, queue=False, api_name="lab2d_stop")
     sample_out = dict(status=sample_status, player=player, nearest_plot=nearest_plot, summary=sample_summary)
     sample.click(bind(guarded(tr, "lab2d")(handlers.sample_all), sample_out), [run_id, steps, eta, n_samples, sample_seed, lang],

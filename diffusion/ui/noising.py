@@ -9,6 +9,7 @@ out the components and wires the events, turning names into components with
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ from diffusion.lessons.noising import figures
 from diffusion.serving import render_pool
 from diffusion.serving.cache import LRUCache, PictureFiles
 from diffusion.ui.handlers import bind, guarded
-from diffusion.ui.i18n import LANG_JS, Translator, lang_input
+from diffusion.ui.i18n import LANG_JS, Translator, lang_input, normalize_lang
+from diffusion.ui.player import frame_player, pack_frames
 from diffusion.ui.settings import AppSettings
 from diffusion.ui.widgets import ImageInput, LATEX, plot_picture
 
@@ -34,6 +36,10 @@ STRIP_FRACTIONS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
 # 100 steps a chain holds at most 12 states of one ≤256×256 image (≤ 9.5 MB at T = 1000),
 # and a slider move costs at most 100 steps.
 CHECKPOINT_EVERY = 100
+# The browser player: x_t at 33 timesteps from 0 to T, at most 128 pixels a side. Noise does
+# not compress, so 33 full 256×256 pictures would be about 8 MB; these are about 2 MB.
+PLAYER_FRAMES = 33
+PLAYER_SIDE = 128
 
 
 class NoisingHandlers:
@@ -41,8 +47,8 @@ class NoisingHandlers:
 
     ``forward`` answers ``/forward_noise`` and ``export`` answers ``/forward_noise_gif``; their
     docstrings' first paragraphs are the API page's descriptions. ``forward``,
-    ``live_pictures``, ``live_plots`` and ``export`` are wrapped by :func:`guarded` when the
-    object is made: a core error reaches the student as a translated ``gr.Error``.
+    ``live_pictures``, ``live_plots``, ``player`` and ``export`` are wrapped by :func:`guarded`
+    when the object is made: a core error reaches the student as a translated ``gr.Error``.
     """
 
     def __init__(self, tr: Translator, settings: AppSettings | None = None) -> None:
@@ -52,10 +58,13 @@ class NoisingHandlers:
         self.chains = LRUCache(capacity=32)
         # Output pictures, encoded once: the noise and the strip do not change while t moves.
         self.pictures = PictureFiles(capacity=1024)
+        # The browser player's value by (image, schedule, T, seed, language): about 2 MB each.
+        self.players = LRUCache(capacity=8)
         guard = guarded(tr)
         self.forward = guard(self.forward)
         self.live_pictures = guard(self.live_pictures)
         self.live_plots = guard(self.live_plots)
+        self.player = guard(self.player)
         self.export = guard(self.export)
 
     def _load(self, path: str | None) -> tuple[str, np.ndarray, dict]:
@@ -141,6 +150,33 @@ class NoisingHandlers:
             return {"curves": gr.skip()}
         return self._plots(self._compute(image, schedule, num_train_timesteps, t, seed)[0], lang)
 
+    def player(self, image, schedule, num_train_timesteps, seed, lang) -> dict[str, Any]:
+        """The player's value: x_t (eq. 4) from t = 0 to T, sent once and played in the browser.
+
+        It does not depend on t, so moving the t slider never resends it. Each caption
+        holds that timestep's ᾱ_t and the coefficients of eq. 4 that made the picture.
+        """
+        if not image:
+            return {"player": gr.skip()}
+        key, x0, info = self._load(image)
+        sched = noising.get_schedule(schedule, num_train_timesteps)
+        seed = check_range("seed", seed, *noising.LIMITS["seed"], integer=True)
+        lang = normalize_lang(lang)
+        return {"player": self.players.get_or_make(
+            (key, sched.name, sched.num_train_timesteps, seed, lang), lambda: self._player(x0, sched, seed, lang))}
+
+    def _player(self, x0: np.ndarray, sched: noising.NoiseSchedule, seed: int, lang: str) -> str:
+        T = sched.num_train_timesteps
+        ts, frames = noising.forward_frames(x0, sched.name, T, seed, PLAYER_FRAMES, PLAYER_SIDE)
+        captions = [self.tr.text("noising.player_caption", lang, t=t, T=T, alpha_bar=sched.alpha_bar[t],
+                                 a=sched.sqrt_alpha_bar[t], b=sched.sqrt_one_minus_alpha_bar[t]) for t in ts]
+        (h0, w0), (h, w) = x0.shape[:2], frames[0].shape[:2]
+        stride = math.ceil(max(h0, w0) / PLAYER_SIDE)  # as forward_frames shrinks
+        note = (self.tr.text("noising.player_note_shrunk", lang, n=len(ts), s=stride, w0=w0, h0=h0, w=w, h=h)
+                if stride > 1 else self.tr.text("noising.player_note", lang, n=len(ts)))
+        return pack_frames([(self.tr.text("noising.player", lang, T=T), frames)], captions, start=0, fps=8,
+                           note=note, pixelated=True)
+
     def export(self, image, schedule, num_train_timesteps, seed, lang) -> dict[str, str]:
         """The forward process from t = 0 to T as an animated GIF."""
         _, x0, _ = self._load(image)
@@ -183,6 +219,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                 eps = gr.Image(label=tr("noising.noise"), format="png", height=240, elem_id="noise-eps")
                 stepwise = gr.Image(label=tr("noising.stepwise"), format="png", height=240, elem_id="noise-stepwise")
             gr.Markdown(tr("noising.why"), latex_delimiters=LATEX)
+            player = frame_player(tr, "noise-player", "noising.player_slider")
             strip = gr.Gallery(label=tr("noising.strip"), columns=len(STRIP_FRACTIONS), height=200,
                                format="png", elem_id="noise-strip")
             with gr.Row():
@@ -197,11 +234,17 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     forward_outputs = {**pictures, **plots, "summary": summary}
     live_outputs = {**pictures, "summary": summary}
     gif_output = {"gif": gif_file}
+    player_output = {"player": player}
 
     inputs = [image, schedule, steps, t, seed, lang]
     common = dict(inputs=inputs, js=LANG_JS, concurrency_id="light")
+    # The player's frames do not depend on t: sent when the image, schedule, T or seed change.
+    frames = dict(fn=bind(handlers.player, player_output), inputs=[image, schedule, steps, seed, lang],
+                  outputs=list(player_output.values()), js=LANG_JS, concurrency_id="light",
+                  api_visibility="private", show_progress="minimal", trigger_mode="always_last")
     run.click(bind(handlers.forward, forward_outputs), outputs=list(forward_outputs.values()), **common,
-              api_name="forward_noise")
+              api_name="forward_noise").success(**frames)
+    gr.on([schedule.change, seed.submit, image.change, steps.release], **frames)
     live = dict(fn=bind(handlers.live_pictures, live_outputs), outputs=list(live_outputs.values()), **common,
                 api_visibility="private")
     follow = dict(fn=bind(handlers.live_plots, plots), outputs=list(plots.values()), **common,
@@ -213,3 +256,4 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     gif_btn.click(bind(handlers.export, gif_output), [image, schedule, steps, seed, lang],
                   list(gif_output.values()), js=LANG_JS, concurrency_id="light", api_name="forward_noise_gif")
     demo.load(**live).then(**follow)
+    demo.load(**frames)

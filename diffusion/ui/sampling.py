@@ -2,9 +2,10 @@
 
 One run works like this:
 
-1. :func:`diffusion.lessons.sampling.sample` runs in a worker thread
-   (:class:`~diffusion.serving.live.LiveRun`), which streams the newest step's x_t, x̂_0
-   and ε̂ a few times a second.
+1. The validated request goes to the server's job queue (:mod:`diffusion.serving.jobs`),
+   which runs :func:`diffusion.lessons.sampling.sample` in a worker thread and streams the
+   newest step's x_t, x̂_0 and ε̂ a few times a second. While it waits, the student sees
+   their place in the queue; identical requests (same seed and settings) share one run.
 2. The Stop button sets the run's stop flag; the loop ends after the current step and
    the run finishes normally, with its partial trajectory. Closing the page does the same.
 3. The finished :class:`~diffusion.lessons.sampling.Trajectory` stays in memory
@@ -32,16 +33,18 @@ from diffusion.images import save_gif
 from diffusion.lessons.sampling import (
     DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
 )
+from diffusion.lessons.sampling.batched import batch_key, sample_batched
 from diffusion.lessons.sampling.figures import plot_std
 from diffusion.models import registry as models
 from diffusion.schedule import display_t
+from diffusion.devices import choose_precision
 from diffusion.serving.gpu import model_device
-from diffusion.serving.live import LiveRun
+from diffusion.serving.jobs import JobQueue, Ticket, Waiting, request_key
 from diffusion.serving.store import RunStore
-from diffusion.ui.handlers import bind, guarded
+from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input
 from diffusion.ui.settings import AppSettings
-from diffusion.ui.widgets import LATEX, progress_html
+from diffusion.ui.widgets import LATEX, progress_html, waiting_html
 
 MODEL = "mnist"
 DEFAULTS = SampleRequest()
@@ -88,16 +91,10 @@ def _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidanc
                          batch_size=batch_size, digit=digit, guidance_scale=guidance_scale)
 
 
-def stream_run(request: SampleRequest, device: str, run_id: str,
-               record: bool = True) -> tuple[LiveRun, Iterator[StepInfo]]:
-    """Start ``request`` in a worker thread registered under ``run_id``."""
-    unet, scheduler_config = models.load_unet_model(MODEL, device)
-    request = request.validated(scheduler_config["num_train_timesteps"])  # fail before the thread starts
-    live = LiveRun(lambda callback, stop: sample(unet, scheduler_config, request, device=device,
-                                                 callback=callback, stop=stop, record=record),
-                   name="sampling-run")
-    RUNS.add_live(run_id, live)
-    return live, live.steps()
+def _estimate_s(request: SampleRequest) -> float:
+    """A first guess of a run's seconds (the job queue corrects it by measured runs)."""
+    evals = request.batch_size * (1 if request.guidance_scale in (0.0, 1.0) else 2)
+    return 1e-3 * request.num_inference_steps * evals
 
 
 class SamplingHandlers:
@@ -108,27 +105,64 @@ class SamplingHandlers:
         device: Where the digit model runs.
     """
 
-    def __init__(self, tr: Translator, device: str) -> None:
+    def __init__(self, tr: Translator, device: str, jobs: JobQueue | None = None) -> None:
         self.tr, self.device = tr, device
+        self.jobs = jobs or JobQueue()
+        self.precision = choose_precision(device)
+        if self.jobs.batcher is not None:
+            self.jobs.batcher.register("sampling", self.run_batch)
 
-    def run(self, sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale, lang):
+    def submit(self, request: SampleRequest, client: str, record: bool = True, capped: bool = True) -> Ticket:
+        """Queue ``request`` (or join an identical one); its trajectory comes from the ticket."""
+        unet, scheduler_config = models.load_unet_model(MODEL, self.device)
+        request = request.validated(scheduler_config["num_train_timesteps"])  # fail before it queues
+        key = request_key("sampling", {**vars(request), "record": record, "precision": self.precision,
+                                       "device": self.device}, models.weights_digest(MODEL))
+        return self.jobs.submit(
+            "sampling", lambda callback, stop: sample(unet, scheduler_config, request, device=self.device,
+                                                      callback=callback, stop=stop, record=record,
+                                                      precision=self.precision),
+            key=key, client=client, estimate_s=_estimate_s(request), capped=capped,
+            batch_key=batch_key(request, record, self.precision),
+            payload=lambda live: (request, live.report, live.stop_event.is_set, record))
+
+    def run_batch(self, payloads: list[tuple]) -> list[Trajectory]:
+        """Run queued sampling jobs of the same shape in one loop (the job queue's batcher calls it)."""
+        unet, scheduler_config = models.load_unet_model(MODEL, self.device)
+        requests, callbacks, stops, records = zip(*payloads)
+        return sample_batched(unet, scheduler_config, requests, device=self.device, callbacks=callbacks,
+                              stops=stops, record=records[0], precision=self.precision)
+
+    def example(self, lang):
+        """The run the tab opens with: the default settings, shared by every student (and cached)."""
+        d = DEFAULTS
+        yield from self.run(d.sampler, d.num_inference_steps, d.eta, d.seed, d.batch_size, d.digit, d.guidance_scale,
+                            lang, example=True)
+
+    def run(self, sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale, lang,
+            request: gr.Request = None, example: bool = False):
         """``/sample``: stream a run, then show its samples, slider and summary."""
         tr = self.tr
-        request = _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale)
+        asked = _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale)
         new_id = RUNS.new_id()
-        yield {"status": progress_html(0, tr.text("sampling.loading", lang)), "gallery": [],
+        first = tr.text("example.preparing" if example else "sampling.loading", lang)
+        yield {"status": progress_html(0, first), "gallery": [],
                "scrub": gr.update(interactive=False, maximum=T_MAX, value=1), "run_id": new_id}
-        live, steps_iter = stream_run(request, self.device, new_id)
+        ticket = self.submit(asked, EXAMPLES_CLIENT if example else client_of(request), capped=not example)
+        RUNS.add_live(new_id, ticket)
         trajectory = None
         try:
-            for info in steps_iter:
+            for info in ticket.updates():
+                if isinstance(info, Waiting):
+                    yield {"status": waiting_html(tr, lang, info)}
+                    continue
                 x_t, x0, eps = step_pictures(info)
                 text = tr.text("sampling.progress", lang, step=info.step + 1, total=info.total, t=display_t(info.t),
-                               seconds=time.perf_counter() - live.started)
+                               seconds=time.perf_counter() - ticket.job.live.started)
                 yield {"status": progress_html((info.step + 1) / info.total, text), "x_t": x_t, "x0": x0, "eps": eps}
-            trajectory = live.result
+            trajectory = ticket.result
         finally:
-            live.stop()  # the page was closed or the event cancelled: end the worker too
+            ticket.close()  # the page was closed or the event cancelled: the run ends unless others watch it
             RUNS.finish(new_id, trajectory)
         last = trajectory.frame(len(trajectory) - 1)
         n = len(trajectory)
@@ -137,12 +171,16 @@ class SamplingHandlers:
                            seconds=trajectory.seconds)
         else:
             text = tr.text("sampling.finished", lang, total=n, seconds=trajectory.seconds)
+        if example:
+            text = tr.text("example.shown", lang) + " " + text
+        elif ticket.shared:
+            text += " " + tr.text("queue.shared", lang)
         yield {"status": progress_html(n / trajectory.request.num_inference_steps, text),
                "x_t": picture(trajectory.samples),  # x_0 itself, after the last update
                "x0": picture(last.x0_pred), "eps": picture(last.eps_pred, -3.0, 3.0),
                "gallery": gallery_items(trajectory, tr, lang),
                "scrub": gr.update(interactive=n > 1, maximum=max(n, 2), value=n),
-               "run_id": new_id, "summary": run_summary(trajectory, new_id)}
+               "run_id": new_id, "summary": {**run_summary(trajectory, new_id), "shared": ticket.shared}}
 
     def replay(self, current_id, step, lang):
         """``/sample_scrub``: step ``step`` (1-based) of a finished run, from the store."""
@@ -168,7 +206,8 @@ class SamplingHandlers:
         out = Path(tempfile.mkdtemp(prefix="dl-gif-")) / f"sampling_{r.sampler}_{len(trajectory)}steps_seed{r.seed}.gif"
         return {"gif": str(save_gif(frames, out, duration_ms=80))}
 
-    def compare(self, ddpm_n, ddim_n, eta, seed, batch_size, digit, guidance_scale, lang):
+    def compare(self, ddpm_n, ddim_n, eta, seed, batch_size, digit, guidance_scale, lang,
+                request: gr.Request = None):
         """``/sample_compare``: DDIM, then DDPM, from the same x_T; the pixel-spread plot."""
         tr = self.tr
         new_id = RUNS.new_id()
@@ -180,18 +219,22 @@ class SamplingHandlers:
         finals: dict[str, np.ndarray] = {}
         for name, n in (("ddim", ddim_n), ("ddpm", ddpm_n)):
             # Same seed, same x_T: sample() draws x_T from the seed before anything else.
-            request = _request(name, n, eta if name == "ddim" else 0.0, seed, batch_size, digit, guidance_scale)
-            live, steps_iter = stream_run(request, self.device, new_id, record=False)
+            asked = _request(name, n, eta if name == "ddim" else 0.0, seed, batch_size, digit, guidance_scale)
+            ticket = self.submit(asked, client_of(request), record=False)
+            RUNS.add_live(new_id, ticket)
             label = text.get(f"sampler_{name}", name)
             try:
-                for info in steps_iter:
+                for info in ticket.updates():
+                    if isinstance(info, Waiting):
+                        yield {"status": waiting_html(tr, lang, info)}
+                        continue
                     status = tr.text("sampling.compare_progress", lang, sampler=label, step=info.step + 1,
                                      total=info.total, t=display_t(info.t))
                     yield {"status": progress_html((info.step + 1) / info.total, status), name: picture(info.x0_pred)}
             finally:
-                live.stop()
+                ticket.close()
                 RUNS.finish(new_id, None)
-            runs[name] = live.result
+            runs[name] = ticket.result
             finals[name] = picture(runs[name].samples)
             yield {name: finals[name]}
             if runs[name].stopped:
@@ -227,8 +270,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         log.warning("lesson 4 is off: no usable model at %s", models.MODELS[MODEL].path)
         gr.Markdown(tr("sampling.no_model"), elem_classes=["dl-warning"], elem_id="sample-no-model")
         return
-    handlers = SamplingHandlers(tr, model_device(settings.device))
-    heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
+    handlers = SamplingHandlers(tr, model_device(settings.device), settings.jobs)
+    heavy = settings.model_events()
     t_max = T_MAX
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
@@ -297,6 +340,11 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     inputs = [sampler, steps, eta, seed, batch, digit, guidance, lang]
     run.click(bind(guarded(tr)(handlers.run), run_out), inputs, list(run_out.values()), js=LANG_JS,
               api_name="sample", show_progress="hidden", **heavy)
+    # The tab opens with a finished run of the default settings (computed once, at start-up).
+    opening = bind(guarded(tr)(handlers.example), run_out)
+    demo.load(opening, [lang], list(run_out.values()), js=LANG_JS, show_progress="hidden",
+              api_visibility="private", **heavy)
+    settings.examples.append(lambda: list(handlers.example("en")))
     stop.click(handlers.stop, [run_id], None, queue=False, api_name="sample_stop")
     scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),
                 js=LANG_JS, api_name="sample_scrub", concurrency_id="light", trigger_mode="always_last",

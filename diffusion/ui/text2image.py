@@ -1,9 +1,9 @@
 """Lesson 6 tab: text-to-image through a diffusers pipeline, streamed live and scrubbable.
 
 The run works like lesson 4's, through the same serving layer:
-:func:`diffusion.lessons.text2image.generate` runs in a worker thread
-(:class:`~diffusion.serving.live.LiveRun`), the handler streams the newest step a few
-times a second, Stop (or a closed page) ends the pipeline after its current step, and the
+:func:`diffusion.lessons.text2image.generate` runs as a job of the server's queue
+(:mod:`diffusion.serving.jobs`: a waiting student sees their place, and identical requests
+share one run), the handler streams the newest step a few times a second, Stop (or a closed page) ends the pipeline after its current step, and the
 recorded latents stay in a bounded :class:`~diffusion.serving.store.RunStore` under a run
 id for the step slider. Frames are decoded by the VAE only when shown, so recording costs
 next to nothing.
@@ -13,6 +13,7 @@ The handlers (:class:`TextToImageHandlers`) return ``{output name: value}`` and 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -28,12 +29,12 @@ from diffusion.lessons import text2image as t2i
 from diffusion.models import registry as models
 from diffusion.schedule import display_t
 from diffusion.serving.gpu import gpu_task
-from diffusion.serving.live import LiveRun
+from diffusion.serving.jobs import Waiting, request_key
 from diffusion.serving.store import RunStore
-from diffusion.ui.handlers import bind, guarded
+from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input
 from diffusion.ui.settings import AppSettings
-from diffusion.ui.widgets import LATEX, ImageInput, progress_html
+from diffusion.ui.widgets import LATEX, ImageInput, progress_html, waiting_html
 
 log = logging.getLogger(__name__)
 DEFAULTS = t2i.T2IRequest()
@@ -64,6 +65,7 @@ class TextToImageHandlers:
 
     def __init__(self, tr: Translator, settings: AppSettings, default_model: str) -> None:
         self.tr, self.settings, self.default_model = tr, settings, default_model
+        self.jobs = settings.jobs
         self.extra = tuple(settings.t2i_models)
 
     def pipeline_for(self, choice: Any) -> tuple[Any, str]:
@@ -78,11 +80,12 @@ class TextToImageHandlers:
     def generate(self, prompt, negative_prompt="", num_inference_steps=DEFAULTS.num_inference_steps,
                  guidance_scale=DEFAULTS.guidance_scale, seed=DEFAULTS.seed, scheduler=DEFAULTS.scheduler,
                  width=0, height=0, batch_size=DEFAULTS.batch_size, model=None, init_image=None,
-                 strength=DEFAULTS.strength, lang="en"):  # defaults: all but the prompt are optional through the API
+                 strength=DEFAULTS.strength, lang="en", gr_request: gr.Request = None, example: bool = False):
+        # defaults: all but the prompt are optional through the API
         """``/text_to_image``: stream a pipeline run, then its pictures, slider and summary."""
         tr = self.tr
         new_id = RUNS.new_id()
-        yield {"status": progress_html(0, tr.text("text2image.loading", lang)),
+        yield {"status": progress_html(0, tr.text("example.preparing" if example else "text2image.loading", lang)),
                "scrub": gr.update(interactive=False, value=1), "notice": "", "run_id": new_id}
         pipe, name = self.pipeline_for(self.default_model if model is None else model)
         request = t2i.T2IRequest(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, scheduler,
@@ -94,32 +97,46 @@ class TextToImageHandlers:
             start = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
         unknown = t2i.unknown_words(pipe, request.prompt)
         note = tr.text("text2image.unknown", lang, words=", ".join(unknown)) if unknown else ""
-        live = LiveRun(lambda callback, stop_flag: t2i.generate_within_memory(
-            pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag), name="t2i-run")
-        RUNS.add_live(new_id, live)
+        init = hashlib.sha256(start.tobytes()).hexdigest() if start is not None else None
+        weights = models.weights_digest(models.T2I if name == t2i.EMBEDDED else name)
+        key = request_key("text2image", {**vars(request), "model": name, "init": init,
+                                         "device": self.settings.device}, weights)
+        ticket = self.jobs.submit(
+            "text2image", lambda callback, stop_flag: t2i.generate_within_memory(
+                pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag),
+            key=key, client=EXAMPLES_CLIENT if example else client_of(gr_request), capped=not example,
+            estimate_s=0.05 * request.num_inference_steps * request.batch_size)
+        RUNS.add_live(new_id, ticket)
         decode = (lambda z: t2i.decode_latents(pipe.vae, z))
         pacer = t2i.PreviewPacer()
         generation = None
         try:
-            for info in live.steps():
+            for info in ticket.updates():
+                if isinstance(info, Waiting):
+                    yield {"status": waiting_html(tr, lang, info), "notice": note}
+                    continue
                 text = tr.text("text2image.progress", lang, step=info.step + 1, total=info.total,
-                               t=display_t(info.t), seconds=time.perf_counter() - live.started)
+                               t=display_t(info.t), seconds=time.perf_counter() - ticket.job.live.started)
                 update = {"status": progress_html((info.step + 1) / info.total, text),
                           "latent": t2i.latent_picture(info.x_t), "notice": note}
                 if pacer.due():
                     update["x0"] = pacer.decode(decode, info.x0_pred)
                 yield update
-            generation = live.result
+            generation = ticket.result
         finally:
-            live.stop()
+            ticket.close()
             RUNS.finish(new_id, generation)
         n = len(generation)
         total = n if not generation.stopped else max(n, request.num_inference_steps)
         key = "text2image.stopped" if generation.stopped else "text2image.finished"
         text = tr.text(key, lang, done=n, total=total, seconds=generation.seconds)
+        if example:
+            text = tr.text("example.shown", lang) + " " + text
+        elif ticket.shared:
+            text += " " + tr.text("queue.shared", lang)
         latent, x0 = _pictures(generation.frame(n - 1), decode) if n else (None, None)
         items = [(np.asarray(im), f"{i + 1}") for i, im in enumerate(generation.images)]
-        result = dict(generation.summary(), run_id=new_id, unknown_words=unknown)
+        result = dict(generation.summary(), run_id=new_id, unknown_words=unknown, shared=ticket.shared)
         yield {"status": progress_html(1.0 if not generation.stopped else n / max(total, 1), text),
                "latent": latent, "x0": x0, "scrub": gr.update(interactive=n > 1, maximum=max(n, 2), value=max(n, 1)),
                "gallery": items, "notice": note, "run_id": new_id, "summary": result}
@@ -166,7 +183,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         [(m, m) for m in (*extra, *t2i.SUGGESTED) if m]
     default_model = extra[0] if extra else (t2i.EMBEDDED if embedded_ok else t2i.SUGGESTED[0])
     handlers = TextToImageHandlers(tr, settings, default_model)
-    heavy = dict(concurrency_id="heavy", concurrency_limit=settings.heavy_concurrency)
+    heavy = settings.model_events()
 
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -225,10 +242,16 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     generate = gpu_task(duration=120)(bind(guarded(tr)(handlers.generate), outputs))
     event = run.click(generate, inputs, list(outputs.values()), js=LANG_JS, api_name="text_to_image",
                       show_progress="hidden", **heavy)
+    if default_model == t2i.EMBEDDED:  # the tab opens with the first example prompt's picture (embedded model)
+        def example(lang):
+            yield from handlers.generate(DEFAULTS.prompt, model=default_model, lang=lang, example=True)
+        demo.load(bind(guarded(tr)(example), outputs), [lang], list(outputs.values()), js=LANG_JS,
+                  show_progress="hidden", api_visibility="private", **heavy)
+        settings.examples.append(lambda: list(example("en")))
     stop.click(handlers.stop, [run_id], None, queue=False, api_name="text_to_image_stop",
                cancels=[event] if settings.zero_gpu else None)
     scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),
-                js=LANG_JS, api_name="text_to_image_scrub", concurrency_id="heavy", trigger_mode="always_last",
+                js=LANG_JS, api_name="text_to_image_scrub", concurrency_id="light", trigger_mode="always_last",
                 show_progress="hidden")
     explain = bind(guarded(tr)(handlers.explain_strength), {"strength_info": strength_info})
     for trigger in (strength.release, steps.release, scheduler.change):

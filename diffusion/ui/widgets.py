@@ -22,6 +22,10 @@ def progress_html(fraction: float, text: str) -> str:
             f'aria-valuenow="{percent:.0f}"><div class="dl-progress-bar" style="width: {percent:.1f}%"></div></div>'
             f'<div class="dl-progress-text">{html.escape(text)}</div>')
 
+def waiting_html(tr: Any, lang: str, waiting: Any) -> str:
+    """The queue notice: a student's place and the estimated wait (a :class:`~diffusion.serving.jobs.Waiting`)."""
+    return progress_html(0.0, tr.text("queue.waiting", lang, place=waiting.place, start=waiting.start_s,
+                                      finish=waiting.finish_s))
 
 
 def plot_picture(url: str) -> Any:

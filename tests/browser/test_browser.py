@@ -130,12 +130,22 @@ def test_every_tab_opens_in_the_browser_language(session):
             session.wait_for_json("noise-summary", r'"alpha_bar"')
         elif index == 3:
             session.page.locator("#lab2d-forward img").wait_for()  # the forward plot is drawn on open
+        # No model tab opens empty: each shows a finished example run of its default settings.
         elif index == 4:
-            session.page.locator("#sample-run").wait_for()
+            session.page.locator("#sample-gallery img").nth(15).wait_for(timeout=120_000)
+            session.wait_for_json("sample-summary", r'"steps":20,')
+            assert session.page.locator("#sample-xt img").count() == 1
         elif index == 5:
-            session.page.locator("#denoise-run").wait_for()
+            session.page.locator("#denoise-gallery img").nth(6).wait_for(timeout=120_000)
+            session.wait_for_json("denoise-summary", r'"methods":')
+            assert session.page.locator("#denoise-zoom img").count() == 1
         else:
-            session.page.locator("#t2i-run").wait_for()
+            session.page.locator("#t2i-gallery img").first.wait_for(timeout=120_000)
+            session.wait_for_json("t2i-summary", r'"steps_run":30')
+        if index >= 4:
+            status = {4: "#sample-status", 5: "#denoise-status", 6: "#t2i-status"}[index]
+            example = "默认设置" if session.locale == "zh-CN" else "default settings"
+            assert example in session.page.locator(status).inner_text()
         session.page.wait_for_timeout(300)
         session.shot(f"{index}-{name.split(' · ')[1].replace(' ', '_')}")
     session.assert_clean()
@@ -154,8 +164,9 @@ def test_heat_presets_stability_and_scrubbing(session):
     cn = "Crank–Nicolson at the same r = 0.6" if session.locale == "en" else "同样 r = 0.6 的 Crank–Nicolson"
     session.choose("heat-preset", cn)
     session.wait_for_json("heat-summary", r'"blew_up":false')
-    # Scrub the time slider: the profile plot is redrawn without a new simulation.
-    session.slide_redraws_only("heat-time", 6, "heat-profile", "heat-summary")
+    # The player holds the new run's frames: it starts at t = 60, its end time.
+    page.wait_for_function("() => { const c = document.querySelector('#heat-player .dl-frames-caption');"
+                           " return c && c.innerText.startsWith('t = 60'); }")
     # The bridge to lesson 2: its heat-kernel plot is drawn when the accordion opens,
     # and drawn again for a new D while it stays open.
     assert page.locator("#heat-kernel img").count() == 0
@@ -168,6 +179,87 @@ def test_heat_presets_stability_and_scrubbing(session):
     page.wait_for_function("old => { const img = document.querySelector('#heat-kernel img');"
                            " return img && img.src !== old; }", arg=before)
     session.shot("heat-kernel")
+    session.assert_clean()
+
+
+class PlayerWatch:
+    """Console errors and requests to the app while a frame player is used (data: URLs are not requests)."""
+
+    def __init__(self, session) -> None:
+        # A fresh page with the listeners on before it loads, so that errors while loading count too.
+        url, self.errors, self.requests = session.page.url, [], []
+        self.base = url.split("?")[0]
+        session.page.close()
+        session.page_errors.clear()
+        page = self.page = session.page = session.context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.on("pageerror", lambda exc: session.page_errors.append(str(exc)))
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("request", lambda r: self.requests.append(r.url) if r.url.startswith(self.base) else None)
+        page.goto(url)
+        page.wait_for_selector("#heat-run")
+
+    def caption(self, player: str) -> str:
+        return self.page.locator(f"#{player} .dl-frames-caption").inner_text()
+
+    def picture(self, player: str) -> str:
+        return self.page.locator(f"#{player} img").first.get_attribute("src")
+
+    def wait_caption(self, player: str, test: str, arg: str) -> None:
+        """Wait until the caption passes ``test`` (a JS expression of ``c``, the caption, and ``a``)."""
+        self.page.wait_for_function(
+            "([id, a]) => { const el = document.querySelector('#' + id + ' .dl-frames-caption');"
+            f" const c = el ? el.innerText : ''; return {test}; }}", arg=[player, arg])
+
+    def play_and_scrub(self, player: str, zh: bool, first: str, last: str) -> None:
+        """Play from the first frame to the last, drag the slider and press a key: no request to the app."""
+        page = self.page
+        play, pause = ("播放", "暂停") if zh else ("Play", "Pause")
+        button = page.locator(f"#{player}").get_by_role("button", name=play, exact=True)
+        self.requests.clear()
+        button.click()  # at the last frame: Play starts again from the first
+        page.locator(f"#{player}").get_by_role("button", name=pause, exact=True).wait_for()
+        assert page.locator(f"#{player} button").get_attribute("aria-pressed") == "true"
+        self.wait_caption(player, "c !== a && !c.startsWith(a)", first)  # moving on from the first frame
+        self.wait_caption(player, "c.startsWith(a)", last)  # ... to the last, where it stops
+        button.wait_for()
+        end = self.picture(player)
+        slider = page.locator(f"#{player} input[type=range]")
+        box = slider.bounding_box()
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] - 2, y)
+        page.mouse.down()
+        for k in range(1, 9):
+            page.mouse.move(box["x"] + box["width"] * (1 - 0.08 * k), y)
+        page.mouse.up()
+        assert self.picture(player) != end and not self.caption(player).startswith(last)
+        value = int(slider.input_value())
+        assert 0 < value < int(slider.get_attribute("max"))
+        slider.focus()
+        page.keyboard.press("ArrowRight")
+        assert int(slider.input_value()) == value + 1
+        page.wait_for_timeout(300)
+        assert self.requests == [], f"the player asked the server: {self.requests}"
+
+    def assert_clean(self) -> None:
+        assert self.errors == [], f"console errors: {self.errors}"
+
+
+def test_heat_player_plays_and_scrubs_in_the_browser(session):
+    zh = session.locale == "zh-CN"
+    watch = PlayerWatch(session)
+    session.wait_for_json("heat-summary", r'"r"')
+    # The default run's 51 frames arrive once; the player starts at the end, t = 50.
+    watch.wait_caption("heat-player", "c.startsWith(a)", "t = 50")
+    caption = watch.caption("heat-player")
+    assert ("（时间单位）· 总热量 ∫u dx = " if zh else " time units · total heat ∫u dx = ") in caption
+    assert watch.picture("heat-player").startswith("data:image/png;base64,")
+    assert session.page.locator("#heat-profile img").count() == 0  # the player took the server plot's place
+    assert session.page.locator("#heat-player input[type=range]").get_attribute("aria-label") == (
+        "时间 t（各帧已在你的浏览器中）" if zh else "Time t (frames already in your browser)")
+    watch.play_and_scrub("heat-player", zh, "t = 0", "t = 50")
+    session.shot("heat-player")
+    watch.assert_clean()
     session.assert_clean()
 
 
@@ -205,6 +297,22 @@ def test_noising_slider_examples_and_gif(session):
     page.locator("#noise-gif-btn").click()
     page.locator("#noise-gif a, #noise-gif .file-preview").first.wait_for()
     session.shot("noising-used")
+    session.assert_clean()
+
+
+def test_noising_player_plays_and_scrubs_in_the_browser(session):
+    zh = session.locale == "zh-CN"
+    watch = PlayerWatch(session)
+    session.open_tab(TAB_NAMES[session.locale][1])
+    session.wait_for_json("noise-summary", r'"alpha_bar"')
+    # x_t from t = 0 to T arrives once; the player starts at the clean image.
+    watch.wait_caption("noise-player", "c.startsWith(a)", "t = 0 / 1000" if zh else "t = 0 of 1000")
+    assert "ᾱ_t = 1.0000 · x_t = 1.000·x₀ + 0.000·ε" in watch.caption("noise-player")
+    title = session.page.locator("#noise-player figcaption").inner_text()
+    assert title == ("一步到达的 x_t（式 4），从 t = 0 到 T = 1000" if zh else "x_t in one jump (eq. 4), from t = 0 to T = 1000")
+    watch.play_and_scrub("noise-player", zh, "t = 0 ", "t = 1000 ")
+    session.shot("noising-player")
+    watch.assert_clean()
     session.assert_clean()
 
 
@@ -295,11 +403,11 @@ def test_denoising_upload_compare_zoom_and_bad_files(session, tmp_path):
     photo = next(p for p in list_examples() if p.name == "coffee.png")
     page.locator("#denoise-image input[type=file]").set_input_files(str(photo))
     page.locator("#denoise-image img").first.wait_for()
-    # Keep it quick: a small working size, few DDIM steps, no BM3D.
+    # Keep it quick: a small working size, few DDIM steps; BM3D is one click away, not ticked.
     page.locator("#denoise-options").get_by_text("更多选项" if zh else "More options").first.click()
     session.set_slider("denoise-max-side", 128)
     session.set_slider("denoise-steps", 4)
-    page.locator("#denoise-methods").get_by_text("BM3D（较慢）" if zh else "BM3D (slow)").click()
+    assert not page.locator("#denoise-methods").get_by_label("BM3D（较慢）" if zh else "BM3D (slow)").is_checked()
     session.set_slider("denoise-sigma", 30)
     page.locator("#denoise-run").click()
     session.wait_for_json("denoise-summary", r'"sigma":30,.*"diffusion_one_step":\{\d*"psnr":\d')

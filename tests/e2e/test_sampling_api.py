@@ -116,7 +116,10 @@ def test_closing_the_stream_stops_the_worker(client):
     run_id = next(o[6] for o in job.outputs() if o[6])
     while run_id not in tab.RUNS._live and time.monotonic() < deadline:  # the app runs in this process
         time.sleep(0.01)
-    live = tab.RUNS._live[run_id]
+    ticket = tab.RUNS._live[run_id]  # the run-store entry is the request's ticket of the job queue
+    while ticket.job.state != "running" and time.monotonic() < deadline:  # it may wait behind the examples
+        time.sleep(0.01)
+    live = ticket.job.live
     job.cancel()
     assert live.done.wait(60), "the worker kept sampling after the stream was closed"
     assert live.result.stopped and len(live.result) < 1000

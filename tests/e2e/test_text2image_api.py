@@ -34,7 +34,9 @@ def test_only_the_prompt_is_needed_and_the_summary_names_the_run(client):
     assert {k: summary[k] for k in ("model", "scheduler", "steps", "guidance_scale", "seed")} == \
         {"model": "embedded", "scheduler": "ddim", "steps": 30, "guidance_scale": 5.0, "seed": 0}
     assert summary["seconds"] > 0 and summary["steps_run"] == 30 and not summary["stopped"]
-    assert len(outputs) >= 3  # a loading frame, at least one live step and the final frame
+    # a loading frame, at least one live step and the final frame; or at once, when the tab's
+    # example (these very defaults) was computed at start-up
+    assert len(outputs) >= 3 or summary["shared"]
     [item] = final["gallery"]
     assert item["image"].endswith(".png")
     with Image.open(item["image"]) as picture:

@@ -56,11 +56,13 @@ def test_tiny_end_to_end_run_writes_a_report(tmp_path, capsys):
     out = tmp_path / "report.json"
     code = evaluate_cli.main(["mnist", "--model-dir", str(folder), "--samples-per-class", "2", "--reference", "60",
                               "--ddpm-steps", "4", "--ddim-steps", "2", "--eta-steps", "2", "--classifier-steps",
-                              "5", "--threads", "1", "--guidance", "2", "--out", str(out)])
+                              "5", "--threads", "1", "--guidance", "2", "--low-precision-steps", "2",
+                              "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["rows"]]
-    assert names == ["DDPM-4", "DDIM-2", "DDIM-2 η=1", "DDIM-2 s=1"]
+    assert names == ["DDPM-4", "DDIM-2", "DDIM-2 bf16", "DDIM-2 η=1", "DDIM-2 s=1"]
+    assert [r["precision"] for r in report["rows"]] == ["fp32", "fp32", "bf16", "fp32", "fp32"]
     assert all(r["samples"] == 20 and r["frechet"] >= 0 and 0 <= r["accuracy"] <= 1 for r in report["rows"])
     assert report["classifier"]["train_heldout_digits"] == 1000 and report["classifier"]["test_real_digits"] == 4000
     assert report["frechet_floor_real_vs_real"] > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import gradio as gr
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from diffusion.lessons import heat
 from diffusion.lessons.heat import figures
 from diffusion.ui import heat as tab
+from diffusion.ui import player
 from diffusion.ui.i18n import Translator
 from diffusion.ui.settings import AppSettings
 
@@ -230,3 +232,59 @@ def test_the_wiring_keeps_the_api_in_order(tr):
     assert [b.elem_id for b in kernel.inputs[:3]] == ["heat-d", "heat-tend", "heat-length"]
     assert [b.elem_id for b in kernel.outputs] == ["heat-kernel"]
     assert png_size(kernel.fn(0.1, 20.0, 100.0, "en")[kernel.outputs[0]])[0] > 100
+
+
+def player_value(value: str) -> dict:
+    data = json.loads(value)
+    (panel,) = data["panels"]
+    data["pictures"] = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1])))) for u in panel["frames"]]
+    return data
+
+
+def test_the_player_gets_the_runs_frames_with_their_own_numbers(handlers, tr):
+    assert handlers.frames(None, "en") == {"player": gr.skip()}  # no run yet
+    result = run(handlers)["state"]
+    out = handlers.frames(result, "en")
+    assert list(out) == ["player"] and len(out["player"]) <= player.MAX_PLAYER_BYTES
+    data = player_value(out["player"])
+    # 101 stored frames, every other one played: t = 0, 0.4, ..., 20 (dt = 20 / 400, a frame every 4 steps).
+    assert len(data["captions"]) == 51 and data["start"] == 50
+    dx = 0.2
+    for k, caption in enumerate(data["captions"]):
+        i = 2 * k
+        u = result.u[i]
+        mass = dx * (u.sum() - (u[0] + u[-1]) / 2)  # the trapezoid rule, by hand
+        err = np.abs(u - heat.exact_solution(result.u[0], result.x, result.times[i:i + 1], 0.1, 20.0,
+                                             "dirichlet")[0]).max()
+        assert caption == f"t = {0.4 * k:.4g} time units · total heat ∫u dx = {mass:.4g} · max |u − u_exact| = {err:.2e}"
+    # Each picture is the profile figure of its moment (its legend may sit elsewhere).
+    for k in (0, 17, 50):
+        drawn = figures.plot_profile(result, 2 * k, tr.table("heat.plot.", "en"))
+        drawn.canvas.draw()
+        full = np.asarray(drawn.canvas.buffer_rgba())[..., :3]
+        assert data["pictures"][k].shape == full.shape
+        assert (data["pictures"][k] != full).any(axis=2).mean() < 0.03
+    assert data["note"] == "Press Play or drag the slider: all 51 frames of this run are already in your browser, " \
+                           "so nothing is recomputed."
+    assert handlers.frames(result, "en")["player"] is out["player"]  # packed once per run and language
+
+
+def test_the_player_starts_at_the_last_frame_before_a_blow_up(handlers):
+    out = run(handlers, lang="zh-CN", diffusivity=1.0, length=100.0, t_end=60.0, n_steps=100)
+    result, summary = out["state"], out["summary"]
+    data = player_value(handlers.frames(result, "zh-CN")["player"])
+    start = data["captions"][data["start"]]
+    assert start.startswith(f"t = {summary['last_finite_time']:.4g}（时间单位）· 总热量")
+    after = [c for c in data["captions"] if "没有数值" in c]
+    assert after and after[-1] == f"t = 60（时间单位）· 没有数值：FTCS 在 t = {summary['blow_up_time']:.4g} 时发散"
+    assert data["note"].startswith("点击“播放”或拖动滑块")
+
+
+def test_the_player_is_filled_after_each_run_and_the_api_is_unchanged(tr):
+    with gr.Blocks() as demo:
+        tab.build(tr, AppSettings(), demo)
+    fills = [fn for fn in demo.fns.values() if [getattr(b, "elem_id", None) for b in fn.outputs] == ["heat-player"]]
+    assert fills and all(fn.api_visibility == "private" and fn.trigger_mode == "always_last" for fn in fills)
+    assert all(isinstance(fn.inputs[0], gr.State) for fn in fills)
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert names == {"heat_simulate", "heat_kernel"}

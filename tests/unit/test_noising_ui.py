@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 
 import gradio as gr
@@ -21,6 +22,7 @@ from diffusion import images
 from diffusion.examples import list_examples
 from diffusion.lessons import noising
 from diffusion.ui import noising as tab
+from diffusion.ui import player
 from diffusion.ui.i18n import Translator
 from diffusion.ui.settings import AppSettings
 
@@ -211,3 +213,48 @@ def test_the_wiring_keeps_the_api_in_order(tr):
     assert [getattr(b, "elem_id", None) for b in gif.inputs] == [
         "noise-image", "noise-schedule", "noise-T", "noise-seed", None]
     assert [b.elem_id for b in gif.outputs] == ["noise-gif"]
+
+
+def test_the_player_holds_x_t_from_0_to_T_with_the_coefficients_that_made_it(tr, x0):
+    handlers = tab.NoisingHandlers(tr)
+    assert handlers.player(None, "linear", 1000, 0, "en") == {"player": gr.skip()}
+    out = handlers.player(EXAMPLE, "cosine", 1000, 7, "en")
+    assert list(out) == ["player"] and len(out["player"]) <= player.MAX_PLAYER_BYTES
+    data = json.loads(out["player"])
+    (panel,) = data["panels"]
+    assert panel["title"] == "x_t in one jump (eq. 4), from t = 0 to T = 1000"
+    assert data["start"] == 0 and data["pixelated"] is True and data["width"] == 128
+    ts = [round(v) for v in np.linspace(0, 1000, 33)]
+    alphas = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    for t, caption, url in zip(ts, data["captions"], panel["frames"], strict=True):
+        ab = 1.0 if t == 0 else alphas[t - 1].item()
+        assert caption == (f"t = {t} of 1000 · ᾱ_t = {ab:.4f} · "
+                           f"x_t = {math.sqrt(ab):.3f}·x₀ + {math.sqrt(1 - ab):.3f}·ε")
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+        # Every second pixel of x_t by eq. 4, not an average of four (that would hide noise).
+        expected = by_hand(x0, "cosine", t, 7) if t else noising.to_display(x0)  # t = 0: the clean image
+        assert np.abs(shown.astype(int) - expected[::2, ::2]).max() <= 1
+    assert "one of every 2×2 pixels of x_t (256×256 → 128×128)" in data["note"]
+    assert handlers.player(EXAMPLE, "cosine", 1000, 7, "en")["player"] is out["player"]  # packed once
+    zh = json.loads(handlers.player(EXAMPLE, "cosine", 1000, 7, "zh-CN")["player"])
+    assert zh["captions"][0] == "t = 0 / 1000 · ᾱ_t = 1.0000 · x_t = 1.000·x₀ + 0.000·ε"
+    assert zh["panels"][0]["title"] == "一步到达的 x_t（式 4），从 t = 0 到 T = 1000"
+    with pytest.raises(gr.Error) as info:
+        handlers.player(EXAMPLE, "linear", 1000, -5, "zh-CN")
+    assert "随机种子" in info.value.message
+
+
+def test_a_small_T_plays_every_timestep_once(handlers):
+    data = json.loads(handlers.player(EXAMPLE, "linear", 20, 0, "en")["player"])
+    assert [int(c.split()[2]) for c in data["captions"]] == list(range(21))
+
+
+def test_the_player_is_filled_without_t_and_the_api_is_unchanged(tr):
+    with gr.Blocks() as demo:
+        tab.build(tr, AppSettings(), demo)
+    fills = [fn for fn in demo.fns.values() if [b.elem_id for b in fn.outputs] == ["noise-player"]]
+    assert fills and all(fn.api_visibility == "private" for fn in fills)
+    assert all([getattr(b, "elem_id", None) for b in fn.inputs] == [
+        "noise-image", "noise-schedule", "noise-T", "noise-seed", None] for fn in fills)  # never t
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert names == {"forward_noise", "forward_noise_gif"}

@@ -14,6 +14,7 @@ from diffusion.models import registry as models
 from diffusion.errors import InputError
 from diffusion.lessons.sampling import SampleRequest, Trajectory, sample
 from diffusion.lessons.sampling.figures import SAMPLING_TEXT, plot_std
+from diffusion.serving.jobs import Waiting
 from diffusion.serving import store as run_store
 from diffusion.serving.gpu import model_device
 from diffusion.serving.live import LiveRun
@@ -151,16 +152,23 @@ def test_progress_html_escapes_text_and_clamps():
     assert 'width: 0.0%' in progress_html(-1, "x")
 
 
-def test_stream_run_validates_before_starting(tiny_registry):
+def test_submit_validates_before_queueing_and_shares_identical_runs(tiny_registry):
+    handlers = tab.SamplingHandlers(Translator(), "cpu")
     with pytest.raises(InputError) as error:
-        tab.stream_run(SampleRequest(num_inference_steps=5000), "cpu", "0" * 32)
-    assert error.value.code == "out_of_range"
-    live, steps = tab.stream_run(SampleRequest(num_inference_steps=3, batch_size=1), "cpu", "1" * 32)
-    streamed = [s.step for s in steps]
+        handlers.submit(SampleRequest(num_inference_steps=5000), "a")
+    assert error.value.code == "out_of_range" and handlers.jobs.queued() == 0
+    ticket = handlers.submit(SampleRequest(num_inference_steps=3, batch_size=1), "a")
+    streamed = [s.step for s in ticket.updates() if not isinstance(s, Waiting)]
+    ticket.close()
     assert streamed and streamed == sorted(set(streamed))  # even this short run shows a step
-    assert len(live.result) == 3
-    assert tab.RUNS.stop("1" * 32)  # registered while it runs, so Stop can reach it
-    tab.RUNS.finish("1" * 32, None)
+    assert len(ticket.result) == 3 and not ticket.shared
+    same = handlers.submit(SampleRequest(num_inference_steps=3, batch_size=1), "b")
+    other = handlers.submit(SampleRequest(num_inference_steps=3, batch_size=1, seed=1), "b")
+    for t in (same, other):
+        list(t.updates())
+        t.close()
+    assert same.shared and same.result is ticket.result  # the same pixels, computed once
+    assert not other.shared and handlers.jobs.runs == 2
 
 
 def test_zero_gpu_keeps_the_small_model_on_the_cpu(monkeypatch):
@@ -193,11 +201,13 @@ def test_tab_is_switched_off_cleanly_without_its_model(monkeypatch, tmp_path):
     assert len(notices) == 1
 
 
-def test_model_events_share_the_heavy_queue(tiny_registry):
-    demo, _ = app.create_app(app.settings_from_args(app.parse_args(["--device", "cpu", "--heavy-concurrency", "2"])))
+def test_model_events_wait_on_the_one_job_queue(tiny_registry):
+    settings = app.settings_from_args(app.parse_args(["--device", "cpu", "--heavy-concurrency", "2"]))
+    demo, _ = app.create_app(settings)
     by_name = {d.api_name: d for d in demo.fns.values() if d.api_name}
-    for name in ("sample", "sample_compare"):
-        assert by_name[name].concurrency_id == "heavy" and by_name[name].concurrency_limit == 2
+    for name in ("sample", "sample_compare"):  # every waiting handler runs, to show its place in the queue
+        assert by_name[name].concurrency_id == "model" and by_name[name].concurrency_limit == settings.max_queue
+    assert settings.jobs.workers == 2  # the models themselves run two at a time
     assert by_name["sample_stop"].queue is False  # a stop must not wait behind the run it stops
 
 
@@ -223,3 +233,52 @@ def test_the_run_handler_streams_then_answers_every_output(tiny_registry):
     with pytest.raises(InputError) as error:
         handlers.replay("", 1, "en")
     assert error.value.code == "no_run"
+
+
+def _digits(trajectory):
+    return tab.to_uint8_grid(trajectory.samples, nrow=4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_batched_run_gives_each_request_the_pixels_it_gets_alone(unet, config, precision):
+    from diffusion.lessons.sampling.batched import sample_batched
+
+    requests = [SampleRequest(num_inference_steps=5, seed=s, digit=d, guidance_scale=g, batch_size=b).validated(1000)
+                for s, d, g, b in ((0, "random", 1.5, 4), (1, "3", 1.0, 2), (2, "7", 0.0, 1), (0, "random", 3.0, 4))]
+    alone = [sample(unet, config, r, precision=precision) for r in requests]
+    stopped_after = [None, 2, None, None]
+    stops = [None if n is None else (lambda n=n, seen=[]: seen.append(1) or len(seen) >= n) for n in stopped_after]
+    together = sample_batched(unet, config, requests, stops=stops, precision=precision)
+    for i, (a, b) in enumerate(zip(alone, together)):
+        assert b.request == a.request and b.labels.tolist() == a.labels.tolist()
+        if stopped_after[i] is None:
+            np.testing.assert_array_equal(_digits(a), _digits(b))
+            assert len(b) == 5 and not b.stopped
+        else:  # stopped: it left the batch after its second step, the others went on
+            assert b.stopped and len(b) == 2
+    with pytest.raises(ValueError):
+        sample_batched(unet, config, [requests[0], SampleRequest(num_inference_steps=3).validated(1000)])
+
+
+def test_the_job_queue_batches_waiting_sampling_requests(tiny_registry):
+    from diffusion.serving.batching import Batcher
+    from diffusion.serving.jobs import JobQueue
+
+    jobs = JobQueue()
+    jobs.batcher = Batcher()
+    handlers = tab.SamplingHandlers(Translator(), "cpu", jobs)
+    gate = threading.Event()
+    blocker = jobs.submit("other", lambda callback, stop: gate.wait(10), client="x")
+    while jobs.queued():
+        time.sleep(0.01)
+    asked = [SampleRequest(num_inference_steps=4, seed=s, batch_size=2) for s in (0, 1, 2)]
+    tickets = [handlers.submit(r, f"student{i}") for i, r in enumerate(asked)]
+    gate.set()
+    for t in [blocker, *tickets]:
+        list(t.updates())
+        t.close()
+    assert jobs.batcher.groups == [3]  # the three waited together and ran as one loop
+    unet, config = models.load_unet_model("mnist", "cpu")
+    for request, ticket in zip(asked, tickets):
+        alone = sample(unet, config, request.validated(1000), precision=handlers.precision)
+        np.testing.assert_array_equal(_digits(ticket.result), _digits(alone))

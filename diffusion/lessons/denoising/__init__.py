@@ -9,7 +9,8 @@ A notebook needs only this package::
 """
 
 from diffusion.lessons.denoising.compare import (
-    DIFFUSION_METHODS, METHODS, MethodResult, add_noise, run_method, score, summary, to_uint8,
+    DIFFUSION_METHODS, METHODS, Comparison, MethodResult, Progress, add_noise, compare_methods, run_method, score,
+    summary, to_uint8,
 )
 from diffusion.lessons.denoising.denoiser import (
     COLOR_MODES, DEFAULT_COLOR, DiffusionDenoiser, MultiStepRun, choose_precision, from_channels, load_denoiser,
@@ -19,7 +20,7 @@ from diffusion.lessons.denoising.upload import (
     DEFAULT_METHODS, DEFAULTS, LIMITS, Prepared, check_methods, check_zoom, load_upload, prepare,
 )
 
-__all__ = ["COLOR_MODES", "DEFAULTS", "DEFAULT_COLOR", "DEFAULT_METHODS", "DIFFUSION_METHODS", "DiffusionDenoiser",
+__all__ = ["COLOR_MODES", "Comparison", "Progress", "compare_methods", "DEFAULTS", "DEFAULT_COLOR", "DEFAULT_METHODS", "DIFFUSION_METHODS", "DiffusionDenoiser",
            "LIMITS", "METHODS", "MethodResult", "MultiStepRun", "Prepared", "add_noise", "check_methods",
            "check_zoom", "choose_precision", "from_channels", "load_denoiser", "load_upload", "prepare",
            "run_method", "score", "summary", "to_channels", "to_uint8"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from diffusion.lessons.denoising.denoiser import DEFAULT_COLOR, DiffusionDenoiser, MultiStepRun
 from diffusion.models.denoiser_net import sigma_to_model
-from diffusion.reverse import StepCallback, StopFlag
+from diffusion.reverse import StepCallback, StepInfo, StopFlag
 
 METHODS = ("diffusion_one_step", "diffusion_multi_step", "gaussian_heat", "total_variation", "nl_means", "bm3d")
 DIFFUSION_METHODS = METHODS[:2]
@@ -148,3 +148,60 @@ def summary(sigma_255: float, sigma_estimated: float | None, results: list[Metho
     if noisy is not None:
         out["noisy"] = {"psnr": noisy.psnr and round(noisy.psnr, 3), "ssim": noisy.ssim and round(noisy.ssim, 4)}
     return out
+
+
+@dataclass
+class Progress:
+    """How far a comparison is: reported to the run contract's callback before and during each method.
+
+    Attributes:
+        step: A counter that grows with every report (the streaming side shows the newest).
+        method: The index of the method running now (``len(done)`` of the methods asked for).
+        inner: The running method's own step (the multi-step method reports its DDIM steps), or None.
+        done: The methods finished so far.
+    """
+
+    step: int
+    method: int
+    inner: StepInfo | None
+    done: list[MethodResult]
+
+
+@dataclass
+class Comparison:
+    """Every asked method's result on one noisy photo (fewer when it was stopped)."""
+
+    results: list[MethodResult]
+    stopped: bool
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.image.nbytes + (r.run.nbytes if r.run is not None else 0) for r in self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+def compare_methods(methods: list[str], noisy: np.ndarray, sigma_255: float, *, clean: np.ndarray | None = None,
+                    denoiser: DiffusionDenoiser | None = None, steps: int = 10, eta: float = 0.0, seed: int = 0,
+                    color: str = DEFAULT_COLOR, callback: StepCallback | None = None,
+                    stop: StopFlag | None = None) -> Comparison:
+    """:func:`run_method` for each of ``methods`` in turn, under the run contract.
+
+    ``callback`` gets a :class:`Progress` before each method and at each multi-step step;
+    ``stop`` is polled between methods and by the multi-step method after each step.
+    """
+    results: list[MethodResult] = []
+    counter = iter(range(1 << 62))
+
+    def report(inner: StepInfo | None = None) -> None:
+        if callback is not None:
+            callback(Progress(next(counter), len(results), inner, list(results)))
+
+    for method in methods:
+        if stop is not None and stop():
+            return Comparison(results, stopped=True)
+        report()
+        results.append(run_method(method, noisy, sigma_255, clean=clean, denoiser=denoiser, steps=steps, eta=eta,
+                                  seed=seed, color=color, callback=report, stop=stop))
+    return Comparison(results, stopped=stop is not None and bool(stop()))  # a stopped multi-step run is partial

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from diffusion.devices import PRECISIONS, choose_precision
 from diffusion.models import registry
 from diffusion.reverse import Recorder, StepCallback, StepInfo, StopFlag, Trajectory, should_stop
 from diffusion.models.denoiser_net import (
@@ -120,31 +121,6 @@ def from_channels(planes: np.ndarray, color: str) -> np.ndarray:
     if planes.shape[0] == 3 and color == "opponent":
         planes = np.tensordot(_OPPONENT_INV, planes, axes=1)
     return (np.moveaxis(planes, 0, -1) + 1.0) / 2.0
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def choose_precision(device: torch.device, precision: str = "auto") -> str:
-    """The network's precision: ``auto`` takes bf16 where the hardware computes it natively.
-
-    On a CPU with AVX-512 BF16 or AMX, bf16 convolutions are much cheaper than fp32 and
-    leave the denoised image's PSNR practically unchanged (the model card has the
-    figures); elsewhere bf16 would be emulated and slower, so ``auto`` keeps fp32. On CUDA
-    ``auto`` is fp16.
-    """
-    if precision != "auto":
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}")
-        return precision
-    if device.type == "cuda":
-        return "fp16"
-    if device.type == "cpu":
-        native = [getattr(torch.cpu, name, lambda: False) for name in
-                  ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        if any(check() for check in native):
-            return "bf16"
-    return "fp32"
 
 
 class DiffusionDenoiser:

@@ -7,13 +7,14 @@ caller's translations, so the UI can pass the same keys in another language.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 from matplotlib.ticker import NullLocator
 
 from diffusion.errors import check_range
@@ -85,8 +86,8 @@ def _axes(fig: Figure, title: str, xlabel: str, ylabel: str) -> Axes:
     return ax
 
 
-def _warn(ax: Axes, message: str, y: float = 0.95) -> None:
-    ax.text(0.5, y, message, transform=ax.transAxes, ha="center", va="top",
+def _warn(ax: Axes, message: str, y: float = 0.95) -> Text:
+    return ax.text(0.5, y, message, transform=ax.transAxes, ha="center", va="top",
             fontsize=SMALL_SIZE, color="#c62828", bbox=_NOTE_BOX)
 
 
@@ -213,6 +214,76 @@ def plot_profile(result: HeatResult, frame_index: int,
     ax.set_xlim(x[0], x[-1])
     ax.legend(fontsize=SMALL_SIZE, loc="lower right" if result.blew_up else "best")
     return fig
+
+
+def profile_frames(result: HeatResult, frame_indices: Sequence[int],
+                   text: Mapping[str, str] | None = None) -> list[np.ndarray]:
+    """:func:`plot_profile` at several stored frames, as pictures, from one figure.
+
+    What does not move (axes, labels, the notes of a blow-up) is drawn once; each frame
+    restores that picture and draws its lines, title and legend on top (matplotlib's
+    blitting), several times cheaper than a figure per frame. The axes, colours and
+    words are those of :func:`plot_profile`; the legend keeps one place for all frames.
+
+    Args:
+        result: Output of :func:`diffusion.lessons.heat.simulate`.
+        frame_indices: Indices into ``result.times``, in the order wanted.
+        text: Translations for keys of ``HEAT_TEXT``.
+
+    Returns:
+        One uint8 ``(H, W, 3)`` picture per index.
+    """
+    t = merged_text(HEAT_TEXT, text)
+    last = len(result.times) - 1
+    indices = [int(check_range("frame_index", i, 0, last, integer=True)) for i in frame_indices]
+    fig = _figure()
+    ax = _axes(fig, "", t["x_label"], t["u_label"])
+    x = result.x
+    (initial,) = ax.plot(x, result.u[0], color="0.7", lw=1.2, label=t["initial_label"])
+    (numerical,) = ax.plot(x, result.u[0], color="#1565c0", lw=2.0,
+                           label=t["numerical_label"].format(**_names(result, t)))
+    (exact,) = ax.plot(x, result.u_exact[0], color="#e65100", lw=1.8, ls="--", label=t["exact_label"])
+    lo, hi, offscale = _profile_limits(result)
+    no_data = offscale_note = None
+    if result.blew_up:
+        _symlog_axis(ax, max(float(np.abs(result.u[0]).max()), 1e-12), hi)
+        no_data = _warn(ax, t["no_data_note"].format(t=result.blow_up_time), y=0.5)
+        _warn(ax, t["unstable_note"].format(r=result.r))
+    elif offscale is not None:
+        offscale_note = _warn(ax, t["offscale_note"].format(peak=offscale))
+    ax.set_ylim(lo, hi)
+    ax.set_xlim(x[0], x[-1])
+    # Two hidden envelopes of every frame steer the legend ("best") off everywhere the
+    # lines will go; it is then pinned there, so it does not jump from frame to frame.
+    sweep = np.concatenate([result.u[indices], result.u_exact[indices]])
+    sweep = np.where(np.isfinite(sweep), sweep, 0.0)
+    guides = ax.plot(x, sweep.max(axis=0), x, sweep.min(axis=0), visible=False)
+    legend = ax.legend(handles=[initial, numerical, exact], fontsize=SMALL_SIZE, loc="best")
+    fig.canvas.draw()
+    legend.set_loc(tuple(legend.get_window_extent().transformed(ax.transAxes.inverted()).p0))
+    for guide in guides:
+        guide.remove()
+    moving = [a for a in (initial, numerical, exact, no_data, offscale_note, ax.title, legend) if a is not None]
+    for artist in moving:
+        artist.set_animated(True)  # left out of the saved background
+    canvas = fig.canvas
+    canvas.draw()
+    background = canvas.copy_from_bbox(fig.bbox)
+    pictures = []
+    for i in indices:
+        canvas.restore_region(background)
+        initial.set_visible(i > 0)
+        numerical.set_ydata(result.u[i])
+        exact.set_ydata(result.u_exact[i])
+        ax.title.set_text(t["profile_title"].format(t=result.times[i]))
+        if no_data is not None:
+            no_data.set_visible(not np.isfinite(result.u[i]).all())
+        if offscale_note is not None:
+            offscale_note.set_visible(i == 0)
+        for artist in moving:
+            fig.draw_artist(artist)
+        pictures.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return pictures
 
 
 def plot_error(result: HeatResult, text: Mapping[str, str] | None = None) -> Figure:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from diffusion.lessons.noising.chain import MAX_CHECKPOINTS, StepwiseChain
-    from diffusion.lessons.noising.display import export_gif, to_display
+    from diffusion.lessons.noising.display import export_gif, forward_frames, to_display
     from diffusion.lessons.noising.forward import ForwardResult, forward_noise, noise_strip, q_sample
     from diffusion.lessons.noising.schedules import SCHEDULES, NoiseSchedule, get_schedule, make_scheduler
     from diffusion.lessons.noising.validation import LIMITS
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # Where each public name lives (the same names as the imports above).
 _SOURCES: dict[str, tuple[str, ...]] = {
     "chain": ("MAX_CHECKPOINTS", "StepwiseChain"),
-    "display": ("export_gif", "to_display"),
+    "display": ("export_gif", "forward_frames", "to_display"),
     "forward": ("ForwardResult", "forward_noise", "noise_strip", "q_sample"),
     "schedules": ("SCHEDULES", "NoiseSchedule", "get_schedule", "make_scheduler"),
     "validation": ("LIMITS",),
@@ -44,7 +44,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
 __all__ = [
     "LIMITS", "MAX_CHECKPOINTS", "SCHEDULES",
     "ForwardResult", "NoiseSchedule", "StepwiseChain",
-    "export_gif", "forward_noise", "get_schedule", "make_scheduler", "noise_strip", "q_sample",
+    "export_gif", "forward_frames", "forward_noise", "get_schedule", "make_scheduler", "noise_strip", "q_sample",
     "to_display",
 ]
 

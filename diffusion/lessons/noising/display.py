@@ -77,3 +77,37 @@ def export_gif(
     ts = list(dict.fromkeys(int(round(v)) for v in np.linspace(0, big_t, n_frames)))
     frames = [to_display(x) for x in noise_strip(x0, schedule, big_t, seed, ts)]
     return save_gif(frames, path, duration_ms=duration_ms)
+
+
+def forward_frames(
+    x0: np.ndarray,
+    schedule: str,
+    num_train_timesteps: int,
+    seed: int,
+    n_frames: int = 33,
+    max_side: int = 128,
+) -> tuple[list[int], list[np.ndarray]]:
+    """x_t by the closed form (eq. 4) at timesteps spread from 0 to T, as small pictures.
+
+    The same ε (from ``seed``) as :func:`forward_noise` and :func:`export_gif`. Pictures
+    longer than ``max_side`` keep every s-th pixel of each row and column, with
+    s = ceil(longest side / max_side), instead of averaging s × s blocks: an average of
+    s² noisy pixels has 1/s of their noise, and x_t would look cleaner than it is.
+
+    Args:
+        x0: Clean image, float ``(H, W, C)`` in ``[-1, 1]``.
+        schedule: One of :data:`SCHEDULES`.
+        num_train_timesteps: Number of diffusion steps T.
+        seed: Seed of ε.
+        n_frames: Number of timesteps, 2..64 (fewer when T is smaller).
+        max_side: Longest side of a picture in pixels, 16..1024.
+
+    Returns:
+        The timesteps and one uint8 ``(h, w, 3)`` picture per timestep.
+    """
+    n_frames = int(check_range("n_frames", n_frames, 2, 64, integer=True))
+    max_side = int(check_range("max_side", max_side, 16, 1024, integer=True))
+    big_t = get_schedule(schedule, num_train_timesteps).num_train_timesteps
+    ts = list(dict.fromkeys(int(round(v)) for v in np.linspace(0, big_t, n_frames)))
+    stride = math.ceil(max(np.shape(x0)[:2]) / max_side)
+    return ts, [to_display(x[::stride, ::stride]) for x in noise_strip(x0, schedule, big_t, seed, ts)]

@@ -40,7 +40,7 @@ class SampleRequest:
     """
 
     sampler: str = "ddim"
-    num_inference_steps: int = 50
+    num_inference_steps: int = 20  # DDIM-20 matches DDIM-50's quality (the model card) at 2.5 times less work
     eta: float = 0.0
     seed: int = 0
     batch_size: int = 16

@@ -65,6 +65,7 @@ import torch
 
 from diffusion import reverse
 from diffusion.datasets.digits import NUM_CLASSES
+from diffusion.devices import PRECISIONS, autocast
 from diffusion.lessons.sampling.request import (
     LIMITS, NULL_CLASS, SAMPLERS, SampleRequest, class_labels,
 )
@@ -85,13 +86,14 @@ class Trajectory(reverse.Trajectory):
     x_t_std: torch.Tensor            # (steps,) float32, pixel std of x_t, from full precision
     samples: torch.Tensor            # (B, C, H, W) float32, the last x reached
     labels: torch.Tensor             # (B,) int64, the class of each image
+    precision: str = "fp32"          # the network's arithmetic (see diffusion.devices.choose_precision)
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe key numbers of the run (non-finite floats become ``None``)."""
         r = self.request
         return {
             "sampler": r.sampler, "num_inference_steps": r.num_inference_steps, "steps_run": len(self),
-            "stopped": bool(self.stopped), "seconds": round(float(self.seconds), 4),
+            "stopped": bool(self.stopped), "seconds": round(float(self.seconds), 4), "precision": self.precision,
             "digit": r.digit, "labels": [int(v) for v in self.labels],
             "guidance_scale": r.guidance_scale, "seed": r.seed,
             "eta": r.eta, "batch_size": r.batch_size, "device": self.device,
@@ -149,7 +151,8 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
            record: bool = True,
            noise: torch.Tensor | None = None,
            labels: torch.Tensor | None = None,
-           max_batch_size: int = LIMITS["batch_size"][1]) -> Trajectory:
+           max_batch_size: int = LIMITS["batch_size"][1],
+           precision: str = "fp32") -> Trajectory:
     """Generate digits with one loop over ``scheduler.timesteps``.
 
     Each step: scale the input (identity except for Euler), predict ε̃ with
@@ -173,6 +176,9 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
         labels: The class of each image, ``(B,)`` integers in 0..9, instead of the
             request's ``digit`` (training previews draw a grid of every class).
         max_batch_size: Largest batch accepted (see :meth:`SampleRequest.validated`).
+        precision: The network's arithmetic, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast
+            around the network call only; the sampler's updates stay float32). See
+            :func:`diffusion.devices.choose_precision` and the model card's figures.
 
     Returns:
         The :class:`Trajectory` of the run.
@@ -182,6 +188,8 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
         ValueError: ``noise`` is not a finite tensor of the batch's shape.
     """
     request = request.validated(scheduler_config["num_train_timesteps"], max_batch_size)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     dtype = getattr(unet, "dtype", torch.float32)
     size = unet.config.sample_size
@@ -213,7 +221,8 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
     with torch.inference_mode():
         for i, t in enumerate(timesteps):
             x_in = scheduler.scale_model_input(x, t)
-            eps = guided_eps(unet, x_in, t, labels_device, request.guidance_scale)
+            with autocast(device, precision):
+                eps = guided_eps(unet, x_in, t, labels_device, request.guidance_scale).to(x.dtype)
             out = scheduler.step(eps, t, x, **step_kwargs)
             alpha_bar = _alpha_bar(scheduler, i, t)
             x0 = getattr(out, "pred_original_sample", None)
@@ -234,7 +243,7 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
     return Trajectory(
         **recorder.fields(), request=request,
         x_t_std=torch.stack(stds).to("cpu", torch.float32).clone() if stds else torch.zeros(0),
-        samples=samples, labels=labels, seconds=seconds, stopped=stopped, device=str(device),
+        samples=samples, labels=labels, seconds=seconds, stopped=stopped, device=str(device), precision=precision,
     )
 
 

@@ -1,0 +1,213 @@
+"""The job queue: identical requests computed once, fairness across clients, caps, stop, waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from diffusion.errors import InputError
+from diffusion.reverse import StepInfo
+from diffusion.serving.jobs import JobQueue, ResultCache, Waiting, request_key
+
+ZERO = torch.zeros(1)
+
+
+@dataclass
+class Result:
+    value: int
+    stopped: bool = False
+    nbytes: int = 100
+
+
+class Counter:
+    """A job target that counts its runs, reports a few steps and may wait for a gate."""
+
+    def __init__(self, steps: int = 3, gate: threading.Event | None = None) -> None:
+        self.calls = 0
+        self.order: list[str] = []
+        self.steps, self.gate = steps, gate
+        self.lock = threading.Lock()
+
+    def target(self, value: int, name: str = ""):
+        def run(callback, stop):
+            with self.lock:
+                self.calls += 1
+                self.order.append(name)
+            for i in range(self.steps):
+                if self.gate is not None:
+                    self.gate.wait(5)
+                callback(StepInfo(step=i, total=self.steps, t=0, alpha_bar=1.0, x_t=ZERO, x0_pred=ZERO, eps_pred=ZERO))
+                if stop():
+                    return Result(value, stopped=True)
+            return Result(value)
+        return run
+
+
+def drain(ticket) -> list:
+    seen = list(ticket.updates(interval=0.01))
+    ticket.close()
+    return seen
+
+
+def test_identical_requests_run_once_and_share_the_result():
+    jobs, counter = JobQueue(), Counter()
+    first = jobs.submit("k", counter.target(1), key="same", client="a")
+    drain(first)
+    second = jobs.submit("k", counter.target(1), key="same", client="b")
+    drain(second)
+    assert counter.calls == 1
+    assert second.result is first.result and second.shared and not first.shared
+
+
+def test_a_request_arriving_while_an_identical_one_runs_follows_it():
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(gate=gate)
+    first = jobs.submit("k", counter.target(1), key="same", client="a")
+    second = jobs.submit("k", counter.target(1), key="same", client="b")
+    results = {}
+    threads = [threading.Thread(target=lambda t=t, n=n: results.setdefault(n, drain(t)))
+               for n, t in (("a", first), ("b", second))]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert counter.calls == 1 and second.shared
+    assert any(isinstance(u, StepInfo) for u in results["b"])  # the follower saw the stream
+    assert second.result is first.result
+
+
+def test_different_keys_run_twice():
+    jobs, counter = JobQueue(), Counter()
+    drain(jobs.submit("k", counter.target(1), key="seed1", client="a"))
+    drain(jobs.submit("k", counter.target(2), key="seed2", client="a"))
+    assert counter.calls == 2
+
+
+def test_a_stopped_run_is_not_cached_as_complete():
+    jobs, counter = JobQueue(), Counter()
+    ticket = jobs.submit("k", counter.target(1), key="same", client="a")
+    ticket.stop()  # before it runs: it ends after its first step
+    drain(ticket)
+    assert ticket.result.stopped
+    again = jobs.submit("k", counter.target(1), key="same", client="a")
+    drain(again)
+    assert counter.calls == 2 and not again.shared and not again.result.stopped
+
+
+def test_one_follower_stopping_does_not_stop_the_others():
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(gate=gate)
+    first = jobs.submit("k", counter.target(1), key="same", client="a")
+    second = jobs.submit("k", counter.target(1), key="same", client="b")
+    first.stop()
+    gate.set()
+    drain(first), drain(second)
+    assert not second.result.stopped and counter.calls == 1
+
+
+def test_a_queued_job_whose_watchers_left_never_runs():
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(gate=gate)
+    running = jobs.submit("k", counter.target(1, "running"), key="a", client="a")
+    while jobs.queued():  # the first one is taken by the worker
+        time.sleep(0.01)
+    queued = jobs.submit("k", counter.target(2, "queued"), key="b", client="b")
+    queued.close()  # the page was closed while it waited
+    gate.set()
+    drain(running)
+    time.sleep(0.1)
+    assert counter.order == ["running"] and queued.result is None
+
+
+def test_a_flooding_client_delays_another_by_about_one_job():
+    gate = threading.Event()
+    jobs, counter = JobQueue(per_client=3), Counter(steps=1, gate=gate)
+    flood = [jobs.submit("k", counter.target(i, f"flood{i}"), client="flood") for i in range(3)]
+    with pytest.raises(InputError) as refused:
+        jobs.submit("k", counter.target(9), client="flood")
+    assert refused.value.code == "too_many_jobs" and refused.value.params["n"] == 3
+    other = jobs.submit("k", counter.target(5, "other"), client="student")
+    gate.set()
+    for ticket in flood + [other]:
+        drain(ticket)
+    # flood0 was taken first; the other student is next, before the flood's second and third
+    assert counter.order.index("other") <= 1
+
+
+def test_waiting_tells_the_place_and_a_measured_estimate():
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(steps=1, gate=gate)
+    running = jobs.submit("k", counter.target(0), client="a", estimate_s=2.0)
+    while jobs.queued():
+        time.sleep(0.01)
+    second = jobs.submit("k", counter.target(1), client="b", estimate_s=2.0)
+    third = jobs.submit("k", counter.target(2), client="c", estimate_s=2.0)
+    w2, w3 = jobs.waiting(second.job), jobs.waiting(third.job)
+    assert (w2.place, w3.place) == (1, 2)
+    assert 0 < w2.start_s <= 2.0 < w3.start_s <= 4.0 and w3.finish_s == pytest.approx(w3.start_s + 2.0, abs=0.2)
+    first_update = next(third.updates(interval=0.01))
+    assert isinstance(first_update, Waiting) and first_update.place == 2
+    gate.set()
+    for ticket in (running, second, third):
+        drain(ticket)
+    # the jobs took far less than estimated: later estimates are corrected down
+    assert jobs.expected_s(third.job) < 2.0
+
+
+def test_errors_reach_every_watcher():
+    jobs = JobQueue()
+
+    def broken(callback, stop):
+        raise RuntimeError("boom")
+
+    ticket = jobs.submit("k", broken, key="x", client="a")
+    with pytest.raises(RuntimeError):
+        list(ticket.updates(interval=0.01))
+    ticket.close()
+    assert jobs.cache.get("x") is None
+
+
+def test_request_key_names_request_kind_and_weights():
+    base = request_key("sampling", {"seed": 0, "steps": 20}, "w1")
+    assert base == request_key("sampling", {"steps": 20, "seed": 0}, "w1")
+    assert base != request_key("sampling", {"seed": 1, "steps": 20}, "w1")
+    assert base != request_key("sampling", {"seed": 0, "steps": 20}, "w2")
+    assert base != request_key("denoising", {"seed": 0, "steps": 20}, "w1")
+
+
+def test_result_cache_is_bounded_in_bytes():
+    cache = ResultCache(max_bytes=250)
+    for i in range(5):
+        cache.put(i, Result(i, nbytes=100))
+    assert len(cache) == 2 and cache.nbytes <= 250 and cache.get(4) is not None and cache.get(0) is None
+    assert not cache.put("huge", Result(0, nbytes=1000))
+
+
+def test_model_jobs_leave_a_core_to_light_requests():
+    from diffusion.serving.cores import CoreShare
+
+    cores = CoreShare(idle_threads=4, busy_threads=1)
+    seen = []
+
+    def light_request():
+        seen.append(cores.threads())
+        yield 1
+
+    marked = cores.marking(light_request)
+    assert cores.threads() == 4
+    assert list(marked()) == [1] and seen == [1]  # while it ran, a model job would get one thread
+    assert cores.threads() == 4 and cores.light_requests == 0
+    plain = cores.marking(lambda: cores.threads())
+    assert plain() == 1 and cores.threads() == 4
+
+
+def test_the_worker_applies_the_thread_policy_before_each_job_and_step():
+    calls = []
+    jobs, counter = JobQueue(before_job=lambda: calls.append(1)), Counter(steps=3)
+    drain(jobs.submit("k", counter.target(1), client="a"))
+    assert len(calls) == 1 + 3
