@@ -24,7 +24,9 @@ import gradio as gr
 import torch
 
 import diffusion
+from diffusion import images
 from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, server_threads
+from diffusion.examples import EXAMPLES_DIR
 from diffusion.serving.cores import CoreShare
 from diffusion.serving.render_pool import RenderPool, default_render_workers
 from diffusion.ui import denoising, heat, lab2d, noising, sampling, text2image
@@ -165,6 +167,13 @@ def launch_kwargs(settings: AppSettings, tr: Translator) -> dict:
     )
 
 
+def guard_uploads() -> None:
+    """Open uploads only from gradio's upload folder and our examples (never a path a visitor names)."""
+    from gradio.utils import get_upload_folder
+
+    images.restrict_uploads([get_upload_folder(), EXAMPLES_DIR])
+
+
 def start_examples(settings: AppSettings) -> threading.Thread:
     """Compute the example runs the model tabs open with, one after another, in the background.
 
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.torch_threads or server_threads())
     settings = settings_from_args(args)
+    guard_uploads()
     settings.render_pool.start()  # the workers start up while the app is built
     atexit.register(settings.render_pool.close)
     demo, tr = create_app(settings)

@@ -128,8 +128,22 @@ def _to_mode(image: Image.Image, mode: str) -> Image.Image:
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024  # a server's upload cap is lower; this guards direct calls
 
 
+_UPLOAD_ROOTS: tuple[str, ...] | None = None  # None: any file (notebooks, the CLIs); see restrict_uploads
+
+
+def restrict_uploads(folders: Any) -> None:
+    """Accept uploads only from inside ``folders`` (the server's upload folder and the examples).
+
+    A server must never open a path a visitor names: an API caller can send any path as
+    an "uploaded" image, and the noised or denoised picture would show that file.
+    """
+    global _UPLOAD_ROOTS
+    _UPLOAD_ROOTS = tuple(os.path.realpath(str(f)) for f in folders)
+
+
 def check_upload(path: Any) -> str:
-    """An uploaded file's path, refused before reading if it is missing, not a file or too big.
+    """An uploaded file's path, refused before reading if it is missing, not a file, too big,
+    or (on a server, see :func:`restrict_uploads`) outside the folders uploads live in.
 
     Raises:
         InputError: ``image_missing`` or ``image_unreadable``.
@@ -137,6 +151,10 @@ def check_upload(path: Any) -> str:
     if not path:
         raise InputError("image_missing", "Please provide an image.")
     path = str(path)
+    if _UPLOAD_ROOTS is not None:
+        real = os.path.realpath(path)
+        if not any(os.path.commonpath([real, root]) == root for root in _UPLOAD_ROOTS):
+            raise _unreadable()
     if not os.path.isfile(path) or os.path.getsize(path) > MAX_UPLOAD_BYTES:
         raise _unreadable()
     return path

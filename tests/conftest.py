@@ -25,6 +25,7 @@ def app_server():
 
     args = app.parse_args(["--host", "127.0.0.1", "--device", "cpu"])
     settings = app.settings_from_args(args)
+    app.guard_uploads()
     demo, tr = app.create_app(settings)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,

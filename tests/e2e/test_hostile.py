@@ -249,6 +249,15 @@ def test_bad_pictures_get_clear_messages(client, app_server, api, tmp_path):
         assert kind == "error" and "root:" not in text and "PATH=" not in text, (path, text)
         data[file_index] = path  # a bare string where a file belongs
         assert_clear(raw(app_server, api, json.dumps({"data": data})))
+    # A real picture on the server's disk that nobody uploaded: never opened, so never shown noised
+    # or denoised (with or without gradio's file marker, or as a bare path).
+    secret = tmp_path / "not-uploaded.png"
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(secret)
+    for value in ({"path": str(secret)}, {"path": str(secret), "meta": {"_type": "gradio.FileData"}}, str(secret)):
+        data = list(base)
+        data[file_index] = value
+        kind, text = raw(app_server, api, json.dumps({"data": data}))
+        assert kind != "complete", (value, text)
     server_still_answers(app_server)
 
 

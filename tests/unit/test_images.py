@@ -242,3 +242,21 @@ def test_bundled_examples_load():
         x, info = load_image(path)
         assert max(info["size"]) <= 256 and x.min() >= -1.0 and x.max() <= 1.0
         assert path.stat().st_size < 200_000
+
+
+def test_a_server_opens_uploads_only_from_its_upload_folders(tmp_path, monkeypatch):
+    from diffusion import images as core
+
+    inside, outside = tmp_path / "uploads", tmp_path / "elsewhere"
+    inside.mkdir(), outside.mkdir()
+    for folder in (inside, outside):
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    (inside / "link.png").symlink_to(outside / "a.png")  # a link out of the folder is outside too
+    monkeypatch.setattr(core, "_UPLOAD_ROOTS", None)
+    assert core.check_upload(outside / "a.png")  # notebooks and CLIs open any file
+    core.restrict_uploads([inside])
+    assert core.check_upload(inside / "a.png") == str(inside / "a.png")
+    for path in (outside / "a.png", inside / "link.png", inside / ".." / "elsewhere" / "a.png"):
+        with pytest.raises(InputError) as error:
+            core.check_upload(path)
+        assert error.value.code == "image_unreadable"
