@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,6 +39,7 @@ from diffusion.reverse import StepCallback, StepInfo, StopFlag
 from diffusion.serving.live import FRAME_INTERVAL_S, LiveRun
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
+log = logging.getLogger("diffusion.serving.jobs")
 WAITING_INTERVAL_S = 1.0  # how often a waiting handler hears its place, at the latest
 RATE_MEMORY = 0.3  # weight of the newest measurement in the running correction of estimates
 
@@ -233,7 +235,7 @@ class JobQueue:
                                  n=self.per_client)
             live = LiveRun(target, name=f"job-{kind}", start=False)
             if self.before_job is not None:
-                live.callbacks.append(lambda info: self.before_job())
+                live.callbacks.append(lambda info: self._before())
             job = Job(kind, key, client, live, estimate_s, complete)
             if payload is not None:
                 job.batch_key, job.payload = batch_key, payload
@@ -344,8 +346,7 @@ class JobQueue:
                     j.state, j.began = RUNNING, time.monotonic()
                     self._running.append(j)
                 self._cond.notify_all()
-            if self.before_job is not None:
-                self.before_job()
+            self._before()
             if len(group) > 1:
                 self.batcher.run(group)
             else:
@@ -360,6 +361,15 @@ class JobQueue:
                         self.cache.put(j.key, j.live.result)
                     self._finished(j)
                 self._cond.notify_all()
+
+    def _before(self) -> None:
+        """The ``before_job`` hook; a failing hook must not stop the worker (the queue would stall)."""
+        if self.before_job is None:
+            return
+        try:
+            self.before_job()
+        except Exception:  # noqa: BLE001
+            log.exception("the job queue's before_job hook failed")
 
     def _take_from_queue(self, job: Job) -> None:
         """Remove a queued ``job`` to run it with another (the caller holds the lock)."""

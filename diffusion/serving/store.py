@@ -17,6 +17,16 @@ from diffusion.errors import InputError
 from diffusion.serving.live import LiveRun
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_RESERVED = 256  # run ids handed out whose runs have not started yet
+
+
+class _Reserved:
+    """A run id handed out before its run exists; remembers a Stop."""
+
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 class RunStore:
@@ -40,10 +50,31 @@ class RunStore:
         """A fresh random run id (32 hex digits): ids cannot be guessed from one another."""
         return secrets.token_hex(16)
 
-    def add_live(self, run_id: str, run: LiveRun) -> None:
-        """Register a running run so :meth:`stop` can reach it."""
+    def reserve(self, run_id: str) -> None:
+        """Hold ``run_id`` for a run about to start: a Stop that comes before it does still reaches it.
+
+        A handler shows the run id at once, before its run is queued; without this, a Stop
+        pressed in that moment would find no run and be lost.
+        """
         with self._lock:
+            self._live.setdefault(run_id, _Reserved())
+            reserved = [k for k, v in self._live.items() if isinstance(v, _Reserved)]
+            for old in reserved[:-MAX_RESERVED]:  # bounded: requests that went away before their run began
+                del self._live[old]
+
+    def release(self, run_id: str) -> None:
+        """Forget a reservation whose run never started (its request was refused)."""
+        with self._lock:
+            if isinstance(self._live.get(run_id), _Reserved):
+                del self._live[run_id]
+
+    def add_live(self, run_id: str, run: LiveRun) -> None:
+        """Register a running run so :meth:`stop` can reach it (at once, if it was stopped while reserved)."""
+        with self._lock:
+            before = self._live.get(run_id)
             self._live[run_id] = run
+        if isinstance(before, _Reserved) and before.stopped:
+            run.stop()
 
     def stop(self, run_id: Any) -> bool:
         """Stop the live run ``run_id``; False if there is none."""

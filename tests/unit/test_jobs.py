@@ -211,3 +211,22 @@ def test_the_worker_applies_the_thread_policy_before_each_job_and_step():
     jobs, counter = JobQueue(before_job=lambda: calls.append(1)), Counter(steps=3)
     drain(jobs.submit("k", counter.target(1), client="a"))
     assert len(calls) == 1 + 3
+
+
+def test_a_stop_pressed_before_the_run_is_queued_still_reaches_it():
+    from diffusion.serving import store as run_store
+
+    runs = run_store.RunStore(10**6)
+    jobs, counter = JobQueue(), Counter(steps=5)
+    runs.reserve("a" * 32)
+    assert runs.stop("a" * 32)  # the student pressed Stop as soon as the id was shown
+    ticket = jobs.submit("k", counter.target(1), client="s")
+    runs.add_live("a" * 32, ticket)
+    drain(ticket)
+    assert ticket.result.stopped and counter.calls == 1
+    runs.reserve("b" * 32)
+    runs.release("b" * 32)
+    assert not runs.stop("b" * 32)
+    for i in range(run_store.MAX_RESERVED + 10):  # reservations of requests that went away stay bounded
+        runs.reserve(f"{i:032x}")
+    assert len(runs._live) <= run_store.MAX_RESERVED + 1
