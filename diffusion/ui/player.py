@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gradio as gr
@@ -123,8 +123,8 @@ def _spread(n_frames: int, keep: int, must: Sequence[int]) -> list[int]:
 
 
 def pack_frames(panels: Sequence[tuple[str, Sequence[np.ndarray]]], captions: Sequence[str], *,
-                start: int | None = None, fps: int = 8, note: str = "", pixelated: bool = False,
-                max_bytes: int = MAX_PLAYER_BYTES) -> str:
+                start: int | None = None, fps: int = 8, note: str | Callable[[int], str] = "",
+                pixelated: bool = False, max_bytes: int = MAX_PLAYER_BYTES) -> str:
     """The value of a :func:`frame_player`: every panel's pictures and one caption per moment.
 
     Args:
@@ -134,7 +134,8 @@ def pack_frames(panels: Sequence[tuple[str, Sequence[np.ndarray]]], captions: Se
             moment: its time, its coefficients).
         start: The moment shown first; the last one by default.
         fps: Moments per second while playing, 1..30.
-        note: One line shown under the caption, e.g. how the pictures were shrunk.
+        note: One line shown under the caption, e.g. how the pictures were shrunk; or a
+            function of the number of moments kept (after the byte cap) that gives it.
         pixelated: Scale the pictures up without smoothing (each pixel a sharp square),
             for small pictures where every pixel is a value.
         max_bytes: Cap on the JSON's length; moments are left out evenly until it fits.
@@ -167,10 +168,11 @@ def pack_frames(panels: Sequence[tuple[str, Sequence[np.ndarray]]], captions: Se
     keep = n
     while True:
         picks = _spread(n, keep, [start, n - 1]) if keep < n else list(range(n))
+        line = note(len(picks)) if callable(note) else note
         value = json.dumps({
             "panels": [{"title": t, "frames": [u[i] for i in picks]} for t, u in zip(titles, urls)],
             "captions": [captions[i] for i in picks], "start": picks.index(start), "fps": int(fps),
-            "note": _check_text(note, "note"), "pixelated": bool(pixelated), "width": int(width),
+            "note": _check_text(line, "note"), "pixelated": bool(pixelated), "width": int(width),
         }, ensure_ascii=False, separators=(",", ":"))
         if len(value) <= max_bytes:
             return value

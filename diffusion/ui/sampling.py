@@ -42,7 +42,9 @@ from diffusion.serving.gpu import model_device
 from diffusion.serving.jobs import JobQueue, Ticket, Waiting, request_key
 from diffusion.serving.store import RunStore
 from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
-from diffusion.ui.i18n import LANG_JS, Translator, lang_input
+from diffusion.ui.i18n import LANG_JS, Translator, lang_input, normalize_lang
+from diffusion.ui.player import frame_player
+from diffusion.ui.run_player import RunPlayers, draw_frames, kept_run, pack_run
 from diffusion.ui.settings import AppSettings
 from diffusion.ui.widgets import LATEX, progress_html, waiting_html
 
@@ -50,9 +52,11 @@ MODEL = "mnist"
 DEFAULTS = SampleRequest()
 RUN_STORE_BYTES = 600 * 2**20  # finished runs kept for scrubbing: DDPM-1000 × 16 digits is 75 MB
 GIF_MAX_FRAMES = 60
+PLAYER_FRAMES = 60  # steps of a run sent to the browser's player (first and last always)
 T_MAX = 1000  # the sliders' top; the model's own T is checked on the server
 log = logging.getLogger("diffusion.ui.sampling")
 RUNS = RunStore(RUN_STORE_BYTES)
+PLAYERS = RunPlayers(capacity=8)
 
 
 def picture(batch: torch.Tensor, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
@@ -145,10 +149,15 @@ class SamplingHandlers:
         tr = self.tr
         asked = _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidance_scale)
         new_id = RUNS.new_id()
+        RUNS.reserve(new_id)  # a Stop pressed before the run is queued still reaches it
         first = tr.text("example.preparing" if example else "sampling.loading", lang)
         yield {"status": progress_html(0, first), "gallery": [],
                "scrub": gr.update(interactive=False, maximum=T_MAX, value=1), "run_id": new_id}
-        ticket = self.submit(asked, EXAMPLES_CLIENT if example else client_of(request), capped=not example)
+        try:
+            ticket = self.submit(asked, EXAMPLES_CLIENT if example else client_of(request), capped=not example)
+        except BaseException:  # refused before it started: no run will take the reserved id
+            RUNS.release(new_id)
+            raise
         RUNS.add_live(new_id, ticket)
         trajectory = None
         try:
@@ -192,6 +201,23 @@ class SamplingHandlers:
         x_t, x0, eps = step_pictures(info)
         return {"status": progress_html((info.step + 1) / n, text), "x_t": x_t, "x0": x0, "eps": eps}
 
+    def player(self, current_id, lang):
+        """The browser player's value for a finished run: x_t and x̂_0 at up to :data:`PLAYER_FRAMES` steps.
+
+        Sent once, by a private event after each run; Play and the player's slider then need
+        no request. An empty or expired run id gives an empty player, not an error.
+        """
+        trajectory, lang, tr = kept_run(RUNS, current_id), normalize_lang(lang), self.tr
+        if trajectory is None:
+            return {"player": ""}
+        frames = PLAYERS.get(trajectory, "frames", lambda: draw_frames(
+            trajectory, lambda info: step_pictures(info)[:2], PLAYER_FRAMES))
+        return {"player": PLAYERS.get(trajectory, lang, lambda: pack_run(
+            frames, [tr.text("sampling.x_t", lang), tr.text("sampling.x0", lang)], tr, lang,
+            caption_key="sampling.player_caption", pixelated=True,
+            note=lambda n: tr.text("sampling.player_note" if n < len(trajectory) else "sampling.player_note_all",
+                                   lang, n=n, total=len(trajectory))))}
+
     def export_gif(self, current_id, lang):
         """``/sample_gif``: the run as an animated GIF (x_t beside x̂_0), at most 60 frames."""
         trajectory = RUNS.get(current_id)
@@ -211,6 +237,7 @@ class SamplingHandlers:
         """``/sample_compare``: DDIM, then DDPM, from the same x_T; the pixel-spread plot."""
         tr = self.tr
         new_id = RUNS.new_id()
+        RUNS.reserve(new_id)
         text = tr.table("sampling.plot.", lang)
         big_t = models.load_unet_model(MODEL, self.device)[1]["num_train_timesteps"]
         yield {"status": progress_html(0, tr.text("sampling.loading", lang)), "ddpm": None, "ddim": None,
@@ -305,6 +332,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                                elem_classes=["dl-pixelated"], interactive=False)
             scrub = gr.Slider(1, t_max, value=1, step=1, label=tr("sampling.scrub"), info=tr("sampling.scrub_info"),
                               interactive=False, elem_id="sample-scrub")
+            # The whole run, played and scrubbed in the browser (its frames arrive once, after the run).
+            player = frame_player(tr, "sample-player", "sampling.player_slider")
             gallery = gr.Gallery(label=tr("sampling.gallery"), columns=8, height=230, format="png", object_fit="contain",
                                  elem_id="sample-gallery", elem_classes=["dl-pixelated"])
             summary = gr.JSON(label=tr("sampling.summary"), elem_id="sample-summary")
@@ -338,13 +367,21 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     compare_out = dict(status=compare_status, ddpm=ddpm_img, ddim=ddim_img, plot=std_plot, run_id=compare_id,
                        summary=compare_summary)
     inputs = [sampler, steps, eta, seed, batch, digit, guidance, lang]
-    run.click(bind(guarded(tr)(handlers.run), run_out), inputs, list(run_out.values()), js=LANG_JS,
-              api_name="sample", show_progress="hidden", **heavy)
+    # The player's frames follow each finished run (the example's too), read back by run id.
+    player_event = dict(fn=bind(guarded(tr)(handlers.player), {"player": player}), inputs=[run_id, lang],
+                        outputs=[player], js=LANG_JS, api_visibility="private", concurrency_id="light",
+                        show_progress="minimal", trigger_mode="always_last")
+    ran = run.click(bind(guarded(tr)(handlers.run), run_out), inputs, list(run_out.values()), js=LANG_JS,
+                    api_name="sample", show_progress="hidden", **heavy)
+    ran.success(**player_event)
+    run.click(lambda: "", None, [player], queue=False, api_visibility="private")  # a new run: the old frames go
     # The tab opens with a finished run of the default settings (computed once, at start-up).
     opening = bind(guarded(tr)(handlers.example), run_out)
     demo.load(opening, [lang], list(run_out.values()), js=LANG_JS, show_progress="hidden",
-              api_visibility="private", **heavy)
-    settings.examples.append(lambda: list(handlers.example("en")))
+              api_visibility="private", **heavy).success(**player_event)
+    # At start-up: the example, and its player in both languages, before the first page asks.
+    settings.examples.append(lambda: [handlers.player(list(handlers.example("en"))[-1]["run_id"], code)
+                                      for code in ("en", "zh-CN")])
     stop.click(handlers.stop, [run_id], None, queue=False, api_name="sample_stop")
     scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),
                 js=LANG_JS, api_name="sample_scrub", concurrency_id="light", trigger_mode="always_last",

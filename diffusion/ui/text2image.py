@@ -32,13 +32,18 @@ from diffusion.serving.gpu import gpu_task
 from diffusion.serving.jobs import Waiting, request_key
 from diffusion.serving.store import RunStore
 from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
-from diffusion.ui.i18n import LANG_JS, Translator, lang_input
+from diffusion.ui.i18n import LANG_JS, Translator, lang_input, normalize_lang
+from diffusion.ui.player import frame_player
+from diffusion.ui.run_player import RunPlayers, draw_frames, kept_run, pack_run
 from diffusion.ui.settings import AppSettings
 from diffusion.ui.widgets import LATEX, ImageInput, progress_html, waiting_html
 
 log = logging.getLogger(__name__)
 DEFAULTS = t2i.T2IRequest()
 RUNS = RunStore(max_bytes=400 * 2**20, missing_code="t2i_no_run", expired_code="t2i_run_expired")
+PLAYERS = RunPlayers(capacity=8)
+PLAYER_FRAMES = 30  # steps sent to the browser's player: each costs one VAE decode, once per run
+PLAYER_SIDE = 384   # the player's pictures are shrunk to at most this many pixels a side
 MAX_INIT_SIDE = 1024
 EXAMPLES = ("a large red circle in the center on a white background",
             "a small yellow star at the top right on a blue background",
@@ -85,27 +90,32 @@ class TextToImageHandlers:
         """``/text_to_image``: stream a pipeline run, then its pictures, slider and summary."""
         tr = self.tr
         new_id = RUNS.new_id()
+        RUNS.reserve(new_id)  # a Stop pressed before the run is queued still reaches it
         yield {"status": progress_html(0, tr.text("example.preparing" if example else "text2image.loading", lang)),
                "scrub": gr.update(interactive=False, value=1), "notice": "", "run_id": new_id}
-        pipe, name = self.pipeline_for(self.default_model if model is None else model)
-        request = t2i.T2IRequest(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, scheduler,
-                                 width, height, batch_size, strength).validated(t2i.default_side(pipe),
-                                                                                t2i.is_lcm(pipe))
-        start = None
-        if init_image:
-            pixels, _ = load_image(check_upload(init_image), max_side=MAX_INIT_SIDE, mode="RGB")
-            start = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
-        unknown = t2i.unknown_words(pipe, request.prompt)
-        note = tr.text("text2image.unknown", lang, words=", ".join(unknown)) if unknown else ""
-        init = hashlib.sha256(start.tobytes()).hexdigest() if start is not None else None
-        weights = models.weights_digest(models.T2I if name == t2i.EMBEDDED else name)
-        key = request_key("text2image", {**vars(request), "model": name, "init": init,
-                                         "device": self.settings.device}, weights)
-        ticket = self.jobs.submit(
-            "text2image", lambda callback, stop_flag: t2i.generate_within_memory(
-                pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag),
-            key=key, client=EXAMPLES_CLIENT if example else client_of(gr_request), capped=not example,
-            estimate_s=0.05 * request.num_inference_steps * request.batch_size)
+        try:
+            pipe, name = self.pipeline_for(self.default_model if model is None else model)
+            request = t2i.T2IRequest(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, scheduler,
+                                     width, height, batch_size, strength).validated(t2i.default_side(pipe),
+                                                                                    t2i.is_lcm(pipe))
+            start = None
+            if init_image:
+                pixels, _ = load_image(check_upload(init_image), max_side=MAX_INIT_SIDE, mode="RGB")
+                start = Image.fromarray((np.clip(pixels, 0, 1) * 255).round().astype(np.uint8))
+            unknown = t2i.unknown_words(pipe, request.prompt)
+            note = tr.text("text2image.unknown", lang, words=", ".join(unknown)) if unknown else ""
+            init = hashlib.sha256(start.tobytes()).hexdigest() if start is not None else None
+            weights = models.weights_digest(models.T2I if name == t2i.EMBEDDED else name)
+            key = request_key("text2image", {**vars(request), "model": name, "init": init,
+                                             "device": self.settings.device}, weights)
+            ticket = self.jobs.submit(
+                "text2image", lambda callback, stop_flag: t2i.generate_within_memory(
+                    pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag),
+                key=key, client=EXAMPLES_CLIENT if example else client_of(gr_request), capped=not example,
+                estimate_s=0.05 * request.num_inference_steps * request.batch_size)
+        except BaseException:  # refused before it started: no run will take the reserved id
+            RUNS.release(new_id)
+            raise
         RUNS.add_live(new_id, ticket)
         decode = (lambda z: t2i.decode_latents(pipe.vae, z))
         pacer = t2i.PreviewPacer()
@@ -150,6 +160,31 @@ class TextToImageHandlers:
                             alpha_bar=info.alpha_bar)
         return {"status": progress_html((info.step + 1) / n, text), "latent": t2i.latent_picture(info.x_t),
                 "x0": t2i.to_uint8(generation.decoder(info.x0_pred))}
+
+    def player(self, current_id, lang):
+        """The browser player's value for a kept run: z_t and the decoded x̂₀ at up to :data:`PLAYER_FRAMES` steps.
+
+        Sent once, by a private event after each run; the VAE decodes each of those steps
+        once per run (kept for every page showing it), and Play and the player's slider
+        then need no request. An empty or expired run id gives an empty player, not an error.
+        """
+        generation, lang, tr = kept_run(RUNS, current_id), normalize_lang(lang), self.tr
+        if generation is None:
+            return {"player": ""}
+        decode = generation.decoder
+        frames = PLAYERS.get(generation, "frames", lambda: draw_frames(
+            generation, (lambda info: _pictures(info, decode)) if decode else (lambda info: [
+                t2i.latent_picture(info.x_t)]), PLAYER_FRAMES, max_side=PLAYER_SIDE, average=(False, True)))
+
+        def note(n: int) -> str:
+            key = "text2image.player_note" if n < frames.total else "text2image.player_note_all"
+            text = tr.text(key, lang, n=n, total=frames.total)
+            shrunk = tr.text("text2image.player_note_shrunk", lang, s=frames.factor) if frames.factor > 1 else ""
+            return f"{text} {shrunk}".strip()
+        titles = [tr.text("text2image.latent", lang), tr.text("text2image.x0", lang)][:len(frames.pictures)]
+        small = max(p.shape[1] for p in frames.pictures[-1]) <= 256  # tiny models: show their pixels sharp
+        return {"player": PLAYERS.get(generation, lang, lambda: pack_run(
+            frames, titles, tr, lang, caption_key="text2image.player_caption", note=note, pixelated=small))}
 
     def explain_strength(self, model, scheduler, num_inference_steps, strength, lang):
         """The image-to-image start as lesson 2's closed form, for the strength chosen."""
@@ -228,6 +263,8 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
                               elem_id="t2i-x0", elem_classes=["dl-pixelated"])
             scrub = gr.Slider(1, t2i.LIMITS["num_inference_steps"][1], value=1, step=1, interactive=False,
                               label=tr("text2image.scrub"), elem_id="t2i-scrub")
+            # The whole run, played and scrubbed in the browser (its frames arrive once, after the run).
+            player = frame_player(tr, "t2i-player", "text2image.player_slider")
             gallery = gr.Gallery(label=tr("text2image.gallery"), columns=4, height="auto", format="png",
                                  object_fit="contain", elem_id="t2i-gallery", elem_classes=["dl-pixelated"])
             summary = gr.JSON(label=tr("text2image.summary"), elem_id="t2i-summary")
@@ -240,14 +277,22 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     inputs = [prompt, negative, steps, guidance, seed, scheduler, width, height, batch, model, init_image, strength,
               lang]
     generate = gpu_task(duration=120)(bind(guarded(tr)(handlers.generate), outputs))
+    # The player's frames follow each finished run (the example's too), read back by run id.
+    player_event = dict(fn=bind(guarded(tr)(handlers.player), {"player": player}), inputs=[run_id, lang],
+                        outputs=[player], js=LANG_JS, api_visibility="private", concurrency_id="light",
+                        show_progress="minimal", trigger_mode="always_last")
     event = run.click(generate, inputs, list(outputs.values()), js=LANG_JS, api_name="text_to_image",
                       show_progress="hidden", **heavy)
+    event.success(**player_event)
+    run.click(lambda: "", None, [player], queue=False, api_visibility="private")  # a new run: the old frames go
     if default_model == t2i.EMBEDDED:  # the tab opens with the first example prompt's picture (embedded model)
         def example(lang):
             yield from handlers.generate(DEFAULTS.prompt, model=default_model, lang=lang, example=True)
         demo.load(bind(guarded(tr)(example), outputs), [lang], list(outputs.values()), js=LANG_JS,
-                  show_progress="hidden", api_visibility="private", **heavy)
-        settings.examples.append(lambda: list(example("en")))
+                  show_progress="hidden", api_visibility="private", **heavy).success(**player_event)
+        # At start-up: the example, and its player in both languages, before the first page asks.
+        settings.examples.append(lambda: [handlers.player(list(example("en"))[-1]["run_id"], code)
+                                          for code in ("en", "zh-CN")])
     stop.click(handlers.stop, [run_id], None, queue=False, api_name="text_to_image_stop",
                cancels=[event] if settings.zero_gpu else None)
     scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),

@@ -195,7 +195,8 @@ class PlayerWatch:
         page.set_default_timeout(TIMEOUT_MS)
         page.on("pageerror", lambda exc: session.page_errors.append(str(exc)))
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("request", lambda r: self.requests.append(r.url) if r.url.startswith(self.base) else None)
+        page.on("request", lambda r: self.requests.append(f"{r.url} {(r.post_data or '')[:200]}")
+                if r.url.startswith(self.base) else None)
         page.goto(url)
         page.wait_for_selector("#heat-run")
 
@@ -362,10 +363,30 @@ def test_lab2d_trains_samples_plays_and_draws(session):
     session.assert_clean()
 
 
+def _wait_for_the_model_examples(session, watch, then: int) -> None:
+    """Visit each model tab until it shows its opening example and its player's frames; then open tab ``then``.
+
+    The examples come in as the page opens; one arriving late would otherwise count as a
+    request while a player is being checked for asking none.
+    """
+    from diffusion.models import registry as models
+
+    zh, names = session.locale == "zh-CN", TAB_NAMES[session.locale]
+    session.open_tab(names[3])
+    watch.wait_caption("sample-player", "c.startsWith(a)", "第 20 / 20 步" if zh else "Step 20 / 20")
+    session.open_tab(names[4])
+    session.wait_for_json("denoise-summary", r'"methods":')
+    if models.text2image_available():
+        session.open_tab(names[5])
+        watch.wait_caption("t2i-player", "c.startsWith(a)", "第 30 / 30 步" if zh else "Step 30 / 30")
+    session.open_tab(names[then])
+
+
 def test_sampling_streams_stops_and_scrubs(session):
-    page = session.page
     zh = session.locale == "zh-CN"
-    session.open_tab(TAB_NAMES[session.locale][3])
+    watch = PlayerWatch(session)
+    page = session.page
+    _wait_for_the_model_examples(session, watch, then=3)
     # A quick DDIM run: live frames stream in, then the gallery, the slider and the summary.
     session.set_slider("sample-steps", 25)
     session.set_slider("sample-batch", 9)
@@ -380,6 +401,14 @@ def test_sampling_streams_stops_and_scrubs(session):
     session.set_slider("sample-scrub", 1)
     page.locator("#sample-status").get_by_text(re.compile("第 1 / 25 步" if zh else "step 1 / 25")).wait_for()
     session.shot("sampling-scrubbed")
+    # The player got all 25 steps once, after the run: Play and its slider ask the server nothing.
+    step = "第 {} / 25 步" if zh else "Step {} / 25"
+    watch.wait_caption("sample-player", "c.startsWith(a)", step.format(25))
+    assert watch.picture("sample-player").startswith("data:image/png;base64,")
+    assert page.locator("#sample-player figure").count() == 2
+    assert ("全部 25 步" if zh else "all 25 steps") in page.locator("#sample-player .dl-frames-note").inner_text()
+    watch.play_and_scrub("sample-player", zh, step.format(1) + " ", step.format(25))
+    session.shot("sampling-player")
     # A long DDPM run, stopped by the Stop button after the first frames.
     session.choose("sample-sampler", "DDPM（祖先采样，Ho 等 2020）" if zh else "DDPM (ancestral, Ho et al. 2020)")
     session.set_slider("sample-steps", 1000)
@@ -393,6 +422,7 @@ def test_sampling_streams_stops_and_scrubs(session):
     # The GIF of the stopped run.
     page.locator("#sample-gif-btn").click()
     page.locator("#sample-gif a, #sample-gif .file-preview").first.wait_for()
+    watch.assert_clean()
     session.assert_clean()
 
 
@@ -445,15 +475,17 @@ def test_text_to_image_streams_scrubs_stops_and_starts_from_a_picture(session, t
 
     if not models.text2image_available():
         pytest.skip("the embedded text-to-image model is not installed")
-    page = session.page
     zh = session.locale == "zh-CN"
-    session.open_tab(TAB_NAMES[session.locale][5])
+    watch = PlayerWatch(session)
+    page = session.page
+    _wait_for_the_model_examples(session, watch, then=5)
     prompt = page.locator("#t2i-prompt textarea")
     prompt.fill("a small yellow star at the top right on a blue background, sparkly")
     session.set_slider("t2i-batch", 2)
     page.locator("#t2i-run").click()
     page.locator("#t2i-x0 img").wait_for()
-    session.wait_for_json("t2i-summary", r'"model":"embedded","scheduler":"ddim","steps":30,')
+    # (the tab opened with its example, one picture: wait for this run's summary)
+    session.wait_for_json("t2i-summary", r'"model":"embedded","scheduler":"ddim","steps":30,.*"batch_size":2,')
     assert page.locator("#t2i-gallery img").count() >= 2
     assert ("完成" if zh else "Done") in page.locator("#t2i-status").inner_text()
     assert "sparkly" in page.locator("#t2i-notice").inner_text()  # an unknown word: a notice, not an error
@@ -461,6 +493,15 @@ def test_text_to_image_streams_scrubs_stops_and_starts_from_a_picture(session, t
     session.set_slider("t2i-scrub", 3)
     page.locator("#t2i-status").get_by_text(re.compile("第 3 / 30 步" if zh else "step 3 / 30")).wait_for()
     session.shot("text2image-scrubbed")
+    # The player got z_t and the decoded x̂₀ of all 30 steps once: playing needs no request.
+    step = "第 {} / 30 步" if zh else "Step {} / 30"
+    watch.wait_caption("t2i-player", "c.startsWith(a)", step.format(30))
+    page.wait_for_function("() => { const im = document.querySelectorAll('#t2i-player img')[1];"
+                           " return im && im.naturalWidth === 2 * im.naturalHeight; }")  # this run's 2 pictures
+    assert watch.picture("t2i-player").startswith("data:image/png;base64,")
+    assert page.locator("#t2i-player figure").count() == 2
+    watch.play_and_scrub("t2i-player", zh, step.format(1) + " ", step.format(30))
+    session.shot("text2image-player")
     # A long run, stopped after the first frames.
     session.set_slider("t2i-steps", 100)
     page.locator("#t2i-run").click()
@@ -480,6 +521,7 @@ def test_text_to_image_streams_scrubs_stops_and_starts_from_a_picture(session, t
     page.locator("#t2i-run").click()
     session.wait_for_json("t2i-summary", r'"steps_run":10,.*"img2img":true,"strength":0.5')
     session.shot("text2image-img2img")
+    watch.assert_clean()
     session.assert_clean()
 
 

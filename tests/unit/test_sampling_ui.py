@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import threading
 import time
 
 import numpy as np
 import pytest
 from diffusers import DDPMScheduler
+from PIL import Image
 
 import app
 from diffusion.models import registry as models
@@ -21,6 +25,7 @@ from diffusion.serving.live import LiveRun
 from diffusion.serving.store import RunStore
 from diffusion.ui import sampling as tab
 from diffusion.ui.i18n import Translator
+from diffusion.ui.run_player import RunPlayers, spread_steps
 from diffusion.ui.widgets import progress_html
 from tests.unit.test_sampling import tiny_unet
 
@@ -282,3 +287,90 @@ def test_the_job_queue_batches_waiting_sampling_requests(tiny_registry):
     for request, ticket in zip(asked, tickets):
         alone = sample(unet, config, request.validated(1000), precision=handlers.precision)
         np.testing.assert_array_equal(_digits(ticket.result), _digits(alone))
+
+
+def _player(value: str) -> dict:
+    data = json.loads(value)
+    assert set(data) >= {"panels", "captions", "start", "fps", "note", "pixelated"}
+    return data
+
+
+def _png(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as picture:
+        return np.asarray(picture)
+
+
+def test_spread_steps_keeps_the_first_and_last_and_caps_the_count():
+    assert spread_steps(0, 60) == [] and spread_steps(1, 60) == [0] and spread_steps(25, 60) == list(range(25))
+    picks = spread_steps(1000, 60)
+    assert len(picks) == 60 and picks[0] == 0 and picks[-1] == 999 and picks == sorted(set(picks))
+    gaps = np.diff(picks)
+    assert gaps.min() >= 16 and gaps.max() <= 17  # evenly spaced: 999 / 59 = 16.9
+    assert spread_steps(6, 4) == [0, 2, 3, 5]
+
+
+def test_the_player_of_a_finished_run_holds_its_steps_as_the_slider_shows_them(tiny_registry, monkeypatch):
+    handlers = tab.SamplingHandlers(Translator(), "cpu")
+    final = list(handlers.run("ddim", 5, 0.0, 3, 2, "5", 1.0, "en"))[-1]
+    kept = tab.RUNS.get(final["run_id"])
+    monkeypatch.setattr(tab, "PLAYERS", RunPlayers())
+    monkeypatch.setattr(tab, "PLAYER_FRAMES", 3)  # fewer frames than steps: first, middle and last
+    data = _player(handlers.player(final["run_id"], "en")["player"])
+    assert data["captions"] == [
+        f"Step {i + 1} / 5 · t = {int(kept.timesteps[i]) + 1} · ᾱ_t = {float(kept.alpha_bar[i]):.3g}" for i in (0, 2, 4)]
+    assert data["start"] == 2 and data["pixelated"] is True
+    assert "3 of the run's 5 steps" in data["note"]
+    assert [p["title"] for p in data["panels"]] == [Translator().text("sampling.x_t", "en"),
+                                                    Translator().text("sampling.x0", "en")]
+    for k, panel in enumerate(data["panels"]):  # the very pictures the server's step slider shows
+        for url, i in zip(panel["frames"], (0, 2, 4), strict=True):
+            np.testing.assert_array_equal(_png(url), tab.step_pictures(kept.frame(i))[k])
+    monkeypatch.setattr(tab, "PLAYER_FRAMES", 60)
+    monkeypatch.setattr(tab, "PLAYERS", RunPlayers())
+    zh = _player(handlers.player(final["run_id"], "zh-CN")["player"])
+    assert len(zh["captions"]) == 5 and zh["captions"][0].startswith("第 1 / 5 步 · t = ")
+    assert "全部 5 步" in zh["note"]
+
+
+def test_the_player_is_empty_without_a_kept_run_and_made_once_per_run(tiny_registry, monkeypatch):
+    handlers = tab.SamplingHandlers(Translator(), "cpu")
+    assert handlers.player("", "en") == {"player": ""}
+    assert handlers.player("0" * 32, "en") == {"player": ""}  # expired (or never kept): no error
+    assert handlers.player("../etc", "en") == {"player": ""}
+    unet, config = models.load_unet_model("mnist", "cpu")
+    unrecorded = tab.RUNS.add(sample(unet, config, SampleRequest(num_inference_steps=2, batch_size=1), record=False))
+    assert handlers.player(unrecorded, "en") == {"player": ""}  # kept for its numbers, but it has no frames
+    monkeypatch.setattr(tab, "PLAYERS", RunPlayers())
+    first = list(handlers.run("ddim", 3, 0.0, 4, 1, "2", 1.0, "en"))[-1]["run_id"]
+    second = list(handlers.run("ddim", 3, 0.0, 4, 1, "2", 1.0, "en"))[-1]["run_id"]
+    assert first != second and tab.RUNS.get(first) is tab.RUNS.get(second)  # one shared run, two ids
+    assert handlers.player(first, "en")["player"] is handlers.player(second, "en")["player"]
+
+
+def test_the_player_follows_each_run_without_changing_the_api(tiny_registry):
+    settings = app.settings_from_args(app.parse_args(["--device", "cpu"]))
+    demo, _ = app.create_app(settings)
+    by_id = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    player, run_id = by_id["sample-player"], by_id["sample-run-id"]
+    fns = list(demo.fns.values())
+    sample_fn = next(d for d in fns if d.api_name == "sample")
+    assert [getattr(o, "elem_id", None) for o in sample_fn.outputs] == [
+        "sample-status", "sample-xt", "sample-x0", "sample-eps", "sample-gallery", "sample-scrub", "sample-run-id",
+        "sample-summary"]
+    fills = [d for d in fns if player in d.outputs and run_id in d.inputs]
+    assert all(d.api_visibility == "private" and d.trigger_only_on_success for d in fills)
+    # Chained after the run and after the example the tab opens with, once each has succeeded.
+    parents = [demo.fns[d.trigger_after] for d in fills]
+    assert sample_fn in parents and sorted(event for p in parents for _, event in p.targets) == ["click", "load"]
+
+
+def test_the_note_counts_the_steps_that_fit_under_the_byte_cap():
+    from diffusion.ui.player import pack_frames
+
+    noise = list(np.random.default_rng(0).integers(0, 256, (20, 64, 64), dtype=np.uint8))
+    value = _player(pack_frames([("x_t", noise)], [f"step {i + 1}" for i in range(20)], max_bytes=60_000,
+                                note=lambda n: f"{n} of 20"))
+    kept = len(value["captions"])
+    assert 2 <= kept < 20 and value["note"] == f"{kept} of 20"
+    assert value["captions"][0] == "step 1" and value["captions"][-1] == "step 20"

@@ -7,6 +7,8 @@ folder, then loaded through the same path as any hub model.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 
@@ -278,3 +280,61 @@ def test_the_preview_pacer_keeps_decoding_to_its_share_of_the_run():
         assert fast.due()
         fast.decode(lambda z: torch.zeros(1, 3, 2, 2), torch.zeros(1, 4, 1, 1))
         now[0] += 0.05
+
+
+def _png(url):
+    assert url.startswith("data:image/png;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as picture:
+        return np.asarray(picture)
+
+
+def test_the_player_of_a_kept_run_decodes_its_steps_once(pipe, monkeypatch):
+    from diffusion.ui import text2image as tab
+    from diffusion.ui.i18n import Translator
+    from diffusion.ui.run_player import RunPlayers
+    from diffusion.ui.settings import AppSettings
+
+    run = t2i.generate(pipe, _request(num_inference_steps=6, batch_size=2))
+    decoded = []
+    decoder = run.decoder
+    run.decoder = lambda z: decoded.append(1) or decoder(z)
+    monkeypatch.setattr(tab, "PLAYERS", RunPlayers())
+    monkeypatch.setattr(tab, "PLAYER_FRAMES", 4)  # fewer frames than steps: the first and last among them
+    handlers = tab.TextToImageHandlers(Translator(), AppSettings(), t2i.EMBEDDED)
+    first, second = tab.RUNS.add(run), tab.RUNS.add(run)
+    data = json.loads(handlers.player(first, "en")["player"])
+    steps = [0, 2, 3, 5]
+    assert data["captions"] == [f"Step {i + 1} / 6 · t = {float(run.timesteps[i]) + 1:.0f} · "
+                                f"ᾱ_t = {float(run.alpha_bar[i]):.3g}" for i in steps]
+    # ᾱ_t of each caption is the scheduler's own, at that step's timestep.
+    for i in steps:
+        assert float(run.alpha_bar[i]) == pytest.approx(float(pipe.scheduler.alphas_cumprod[int(run.timesteps[i])]))
+    assert data["start"] == 3 and data["pixelated"] is True and "4 of the run's 6 steps" in data["note"]
+    latents, pictures = (p["frames"] for p in data["panels"])
+    for i, z_url, x_url in zip(steps, latents, pictures, strict=True):
+        frame = run.frame(i)
+        np.testing.assert_array_equal(_png(z_url), t2i.latent_picture(frame.x_t))
+        expected = t2i.to_uint8(t2i.decode_latents(pipe.vae, frame.x0_pred))
+        assert _png(x_url).shape == expected.shape == (16, 32, 3)
+        np.testing.assert_array_equal(_png(x_url), expected)
+    assert len(decoded) == 4
+    # Another page (another run id, another language) gets the same pictures without decoding again.
+    zh = json.loads(handlers.player(second, "zh-CN")["player"])
+    assert zh["captions"][0].startswith("第 1 / 6 步 · t = ") and zh["panels"][1]["frames"] == pictures
+    assert len(decoded) == 4
+    assert handlers.player("", "en") == {"player": ""} and handlers.player("f" * 32, "en") == {"player": ""}
+
+
+def test_big_pictures_are_shrunk_for_the_player_and_noise_is_not_averaged():
+    from diffusion.ui.run_player import shrink
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (100, 800, 3), dtype=np.uint8)
+    kept, factor = shrink(picture, 384, average=False)
+    assert factor == 3 and max(kept.shape[:2]) <= 384
+    np.testing.assert_array_equal(kept, picture[::3, ::3])
+    smooth, factor = shrink(np.full((512, 2048, 3), 77, np.uint8), 384, average=True)
+    assert factor == 6 and max(smooth.shape[:2]) <= 384 and (smooth == 77).all()
+    same, factor = shrink(picture[:, :300], 384, average=True)
+    assert factor == 1
+    np.testing.assert_array_equal(same, picture[:, :300])
