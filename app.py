@@ -65,8 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where models run: auto picks cuda, then mps, then cpu (default: %(default)s)")
     p.add_argument("--lang", choices=("auto", "en", "zh-CN"), default="auto",
                    help="UI language; auto follows each browser (default: %(default)s)")
-    p.add_argument("--heavy-concurrency", type=int, default=1, metavar="N",
-                   help="model jobs (sampling, denoising, text to image) run at once (default: %(default)s)")
+    p.add_argument("--heavy-concurrency", type=int, default=0, metavar="N",
+                   help="model jobs (sampling, denoising, text to image, 2-D training) that run at once; "
+                        "0 = one per core (at most 4) on a CPU, where they share the cores, one on a GPU, "
+                        "where waiting samples are batched instead (default: %(default)s)")
     p.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
                    help="run waiting sampling requests of the same shape as one batch; auto: on CUDA only, "
                         "where it pays (default: %(default)s)")
@@ -93,7 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="never download models (also set by HF_HUB_OFFLINE=1)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = p.parse_args(argv)
-    for name in ("heavy_concurrency", "light_concurrency", "max_queue", "max_upload_mb", "max_jobs_per_client"):
+    if args.heavy_concurrency < 0:
+        p.error("--heavy-concurrency must be 0 (automatic) or more")
+    for name in ("light_concurrency", "max_queue", "max_upload_mb", "max_jobs_per_client"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.torch_threads < 0:
@@ -111,7 +115,8 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
         raise SystemExit(f"error: {exc}") from None
     return AppSettings(
         device=str(device), device_label=describe_device(device),
-        light_concurrency=args.light_concurrency, heavy_concurrency=args.heavy_concurrency,
+        light_concurrency=args.light_concurrency,
+        heavy_concurrency=args.heavy_concurrency or (1 if device.type != "cpu" else min(4, os.cpu_count() or 1)),
         max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, lang=args.lang,
         t2i_models=tuple(args.t2i_model), allow_any_model=args.allow_any_model, offline=args.offline,
         zero_gpu=bool(os.environ.get("SPACES_ZERO_GPU")),

@@ -1,4 +1,5 @@
-"""Caches shared by the lessons: a bounded LRU that makes each value once, and kept PNG files."""
+"""Caches shared by the lessons: a bounded LRU that makes each value once, the job queue's results
+bounded in bytes, and kept PNG files."""
 
 from __future__ import annotations
 
@@ -64,6 +65,46 @@ class LRUCache:
         """Drop ``key`` (no ``on_evict``): its value is known to be gone."""
         with self._lock:
             self._items.pop(key, None)
+
+
+class ResultCache:
+    """Complete results by key, least recently used dropped first, bounded by their ``nbytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: Hashable, result: Any) -> bool:
+        """Keep ``result`` (it must say its ``nbytes``); False if it is too big to keep."""
+        size = int(getattr(result, "nbytes", self.max_bytes + 1))
+        if size > self.max_bytes:
+            return False
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= int(old.nbytes)
+            self._items[key] = result
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= int(dropped.nbytes)
+        return True
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class PictureFiles:

@@ -5,8 +5,10 @@ interactive; model jobs are long and queue. A model job therefore runs on every 
 while no light request is being served, and leaves cores to the light requests while
 some are: :meth:`CoreShare.light` marks a light request, and :meth:`CoreShare.apply`
 (called by the job queue before a job and after each of its steps) sets the worker
-thread's torch threads to match. On two cores a model job gets both when the class is
-quiet and one while someone drags a slider.
+thread's torch threads to match. Jobs running side by side split the cores, and a job
+may say it gains from no more than one (the 2-D lab's tiny network runs three times
+slower on two threads). On two cores one sampling job gets both when the class is quiet,
+and one while someone drags a slider or while another job runs.
 """
 
 from __future__ import annotations
@@ -68,13 +70,17 @@ class CoreShare:
     def light_requests(self) -> int:
         return self._light
 
-    def threads(self) -> int:
-        """The threads a model job should use now."""
-        return self.busy_threads if self._light > 0 else self.idle_threads
+    def threads(self, running: int = 1, cap: int | None = None) -> int:
+        """The threads a model job should use now, when ``running`` jobs share the cores.
 
-    def apply(self) -> None:
+        ``cap``: the most the job gains from (tiny networks run slower on more threads).
+        """
+        share = (self.busy_threads if self._light > 0 else self.idle_threads) // max(1, running)
+        return max(1, min(share, cap or share))
+
+    def apply(self, job: Any = None, running: int = 1) -> None:
         """Set this thread's torch threads to :meth:`threads` (cheap when nothing changed)."""
-        want = self.threads()
+        want = self.threads(running, getattr(job, "max_threads", None))
         if getattr(self._local, "threads", None) != want:
             torch.set_num_threads(want)
             self._local.threads = want

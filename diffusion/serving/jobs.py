@@ -36,6 +36,7 @@ from typing import Any
 
 from diffusion.errors import InputError
 from diffusion.reverse import StepCallback, StepInfo, StopFlag
+from diffusion.serving.cache import ResultCache
 from diffusion.serving.live import FRAME_INTERVAL_S, LiveRun
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -60,46 +61,6 @@ def request_key(kind: str, request: Any, weights: str = "") -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-class ResultCache:
-    """Complete results by key, least recently used dropped first, bounded by their ``nbytes``."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, Any] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any:
-        with self._lock:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key]
-
-    def put(self, key: Hashable, result: Any) -> bool:
-        """Keep ``result`` (it must say its ``nbytes``); False if it is too big to keep."""
-        size = int(getattr(result, "nbytes", self.max_bytes + 1))
-        if size > self.max_bytes:
-            return False
-        with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= int(old.nbytes)
-            self._items[key] = result
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= int(dropped.nbytes)
-        return True
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class Job:
     """One model run in the queue; :class:`Ticket` is a request's view of it."""
 
@@ -113,6 +74,7 @@ class Job:
         self.began: float | None = None
         self.batch_key: Hashable | None = None  # see diffusion.serving.batching
         self.payload: Callable[[LiveRun], Any] | None = None
+        self.max_threads: int | None = None
 
 
 class Ticket:
@@ -168,8 +130,9 @@ class JobQueue:
         workers: Jobs that run at once.
         per_client: Jobs one client may have waiting or running.
         cache_bytes: Bytes of complete results kept for identical requests.
-        before_job: Called in the worker thread before each job and after each of its steps,
-            e.g. to choose how many CPU threads the job gets (:mod:`diffusion.serving.cores`).
+        before_job: ``before_job(job, running)`` is called in the worker thread before each job
+            and after each of its steps, with the number of jobs running, e.g. to choose how
+            many CPU threads the job gets (:meth:`diffusion.serving.cores.CoreShare.apply`).
     """
 
     def __init__(self, workers: int = 1, per_client: int = 3, cache_bytes: int = 256 * 2**20,
@@ -193,7 +156,7 @@ class JobQueue:
     def submit(self, kind: str, target: Callable[[StepCallback, StopFlag], Any], *, key: Hashable | None = None,
                client: str = "", estimate_s: float = 1.0, complete: Callable[[Any], bool] | None = None,
                batch_key: Hashable | None = None, payload: Callable[[LiveRun], Any] | None = None,
-               capped: bool = True) -> Ticket:
+               capped: bool = True, max_threads: int | None = None) -> Ticket:
         """Queue ``target(callback, stop)`` (the run contract), or join an identical job.
 
         Args:
@@ -208,6 +171,7 @@ class JobQueue:
                 to run this job as part of a group (the request, ``live``'s callback and stop flag).
             capped: Count it against the client's :attr:`per_client` (False: the server's own
                 jobs, such as the examples every tab opens with).
+            max_threads: The most CPU threads this job gains from (a tiny network: 1).
 
         Raises:
             InputError: ``too_many_jobs``: this client has :attr:`per_client` jobs already.
@@ -225,7 +189,8 @@ class JobQueue:
             job = self._inflight.get(key) if key is not None else None
             if job is None and key is not None and self.cache.get(key) is not None:
                 return self.submit(kind, target, key=key, client=client, estimate_s=estimate_s, complete=complete,
-                                   batch_key=batch_key, payload=payload, capped=capped)  # it finished a moment ago (the lock is re-entrant)
+                                   batch_key=batch_key, payload=payload, capped=capped,
+                                   max_threads=max_threads)  # it finished a moment ago (the lock is re-entrant)
             if job is not None:
                 job.watchers += 1
                 job.active += 1
@@ -234,9 +199,10 @@ class JobQueue:
                 raise InputError("too_many_jobs", "You already have {n} runs waiting; wait for one to finish.",
                                  n=self.per_client)
             live = LiveRun(target, name=f"job-{kind}", start=False)
-            if self.before_job is not None:
-                live.callbacks.append(lambda info: self._before())
             job = Job(kind, key, client, live, estimate_s, complete)
+            job.max_threads = max_threads
+            if self.before_job is not None:
+                live.callbacks.append(lambda info, job=job: self._before(job))
             if payload is not None:
                 job.batch_key, job.payload = batch_key, payload
             job.watchers = job.active = 1
@@ -346,7 +312,7 @@ class JobQueue:
                     j.state, j.began = RUNNING, time.monotonic()
                     self._running.append(j)
                 self._cond.notify_all()
-            self._before()
+            self._before(job)
             if len(group) > 1:
                 self.batcher.run(group)
             else:
@@ -362,12 +328,12 @@ class JobQueue:
                     self._finished(j)
                 self._cond.notify_all()
 
-    def _before(self) -> None:
+    def _before(self, job: Job) -> None:
         """The ``before_job`` hook; a failing hook must not stop the worker (the queue would stall)."""
         if self.before_job is None:
             return
         try:
-            self.before_job()
+            self.before_job(job, len(self._running))
         except Exception:  # noqa: BLE001
             log.exception("the job queue's before_job hook failed")
 

@@ -28,13 +28,15 @@ from diffusion.lessons import lab2d
 from diffusion.lessons.lab2d import figures
 from diffusion.lessons.lab2d.config import check_int, check_name
 from diffusion.schedule import display_t
+from diffusion.serving.cache import LRUCache
 from diffusion.serving.jobs import JobQueue, Waiting, request_key
+from diffusion.serving.render_pool import png_data_url
 from diffusion.serving.store import RunStore
 from diffusion.ui.canvas import player_value, points_player, read_strokes, stroke_canvas
 from diffusion.ui.handlers import bind, client_of, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, lang_input
 from diffusion.ui.settings import AppSettings
-from diffusion.ui.widgets import LATEX, progress_html, waiting_html
+from diffusion.ui.widgets import LATEX, plot_picture, progress_html, waiting_html
 
 D, L = lab2d.DEFAULTS, lab2d.LIMITS
 RUN_STORE_BYTES = 256 * 2**20
@@ -92,10 +94,7 @@ class Trained:
     run: lab2d.Lab2DRun
     result: Any
 
-    @property
-    def stopped(self) -> bool:
-        return bool(self.result.stopped)
-
+    stopped = property(lambda self: bool(self.result.stopped))
     @property
     def nbytes(self) -> int:
         return Session(self.run).nbytes
@@ -112,6 +111,17 @@ class Lab2DHandlers:
     def __init__(self, tr: Translator, jobs: JobQueue | None = None) -> None:
         self.tr = tr
         self.jobs = jobs or JobQueue()
+        self._loss_pictures = LRUCache(64)  # (the run's loss list, steps, language) → PNG data URL
+
+    def loss_picture(self, losses: list[float], steps: int, lang: str) -> Any:
+        """The loss plot of the first ``steps`` losses, drawn once for everyone watching the same run.
+
+        A class that trains the same points shares one run: thirty followers must not each
+        draw the same figure twice a second.
+        """
+        key = (id(losses), steps, lang, losses[0] if steps else None, losses[steps - 1] if steps else None)
+        return plot_picture(self._loss_pictures.get_or_make(
+            key, lambda: png_data_url(figures.plot_loss(losses[:steps], self._text(lang)))))
 
     def _text(self, lang: str) -> dict[str, str]:
         return self.tr.table("lab2d.plot.", lang)
@@ -170,7 +180,7 @@ class Lab2DHandlers:
             first = run.step
             ticket = self.jobs.submit("lab2d", lambda callback, stop: Trained(run, lab2d.train(
                 run, steps, callback=lambda s, loss: callback(Progress(s, loss, run.losses)), stop=stop)),
-                key=key, client=client, estimate_s=TRAIN_STEP_S * steps)
+                key=key, client=client, estimate_s=TRAIN_STEP_S * steps, max_threads=1)
             RUNS.add_live(run_id, ticket)
             if session is not None:
                 session.samples.clear()
@@ -183,7 +193,7 @@ class Lab2DHandlers:
                     done = progress.step - first
                     yield {"status": progress_html(done / steps, tr.text(
                         "lab2d.training", lang, done=done, total=steps, loss=f"{progress.loss:.4f}")),
-                        "loss_plot": figures.plot_loss(progress.losses[:progress.step], self._text(lang))}
+                        "loss_plot": self.loss_picture(progress.losses, progress.step, lang)}
                 trained = ticket.result
             finally:
                 ticket.close()
@@ -205,7 +215,8 @@ class Lab2DHandlers:
         if ticket.shared:
             text += " " + tr.text("queue.shared", lang)
         yield {"status": progress_html(1.0, text),
-               "loss_plot": figures.plot_loss(run.losses, self._text(lang)), "run_id": run_id, "summary": summary}
+               "loss_plot": self.loss_picture(trained.run.losses, len(run.losses), lang), "run_id": run_id,
+               "summary": summary}
 
     def _sample(self, session: Session, sampler: str, predictor: str, num_inference_steps, eta, n_samples, seed):
         with session.lock:

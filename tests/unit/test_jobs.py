@@ -11,7 +11,8 @@ import torch
 
 from diffusion.errors import InputError
 from diffusion.reverse import StepInfo
-from diffusion.serving.jobs import JobQueue, ResultCache, Waiting, request_key
+from diffusion.serving.cache import ResultCache
+from diffusion.serving.jobs import JobQueue, Waiting, request_key
 
 ZERO = torch.zeros(1)
 
@@ -204,13 +205,15 @@ def test_model_jobs_leave_a_core_to_light_requests():
     assert cores.threads() == 4 and cores.light_requests == 0
     plain = cores.marking(lambda: cores.threads())
     assert plain() == 1 and cores.threads() == 4
+    assert cores.threads(running=2) == 2 and cores.threads(running=8) == 1  # jobs side by side split the cores
+    assert cores.threads(cap=1) == 1  # a tiny network gains nothing from more
 
 
 def test_the_worker_applies_the_thread_policy_before_each_job_and_step():
     calls = []
-    jobs, counter = JobQueue(before_job=lambda: calls.append(1)), Counter(steps=3)
-    drain(jobs.submit("k", counter.target(1), client="a"))
-    assert len(calls) == 1 + 3
+    jobs, counter = JobQueue(before_job=lambda job, running: calls.append((job.max_threads, running))), Counter(3)
+    drain(jobs.submit("k", counter.target(1), client="a", max_threads=1))
+    assert calls == [(1, 1)] * (1 + 3)
 
 
 def test_a_stop_pressed_before_the_run_is_queued_still_reaches_it():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import string
 from pathlib import Path
 
@@ -165,7 +166,9 @@ def test_cli_flags(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     assert app.parse_args([]).host == "0.0.0.0"
     with pytest.raises(SystemExit):
-        app.parse_args(["--heavy-concurrency", "0"])
+        app.parse_args(["--heavy-concurrency", "-1"])
+    auto = app.settings_from_args(app.parse_args(["--device", "cpu"]))  # 0: one model job per core on a CPU
+    assert auto.heavy_concurrency == min(4, os.cpu_count() or 1) == auto.jobs.workers
     with pytest.raises(SystemExit):
         app.parse_args(["--device", "tpu"])
 
