@@ -76,6 +76,7 @@ class Session:
 
 RUNS = RunStore(RUN_STORE_BYTES, missing_code="lab2d_no_run", expired_code="lab2d_run_expired")
 TRAIN_STEP_S = 1.3e-3  # a first guess of one training step's seconds (the job queue corrects it)
+PLOTS_PER_RUN = 4  # loss plots drawn while a run trains (the status line moves twice a second)
 
 
 @dataclass
@@ -114,11 +115,7 @@ class Lab2DHandlers:
         self._loss_pictures = LRUCache(64)  # (the run's loss list, steps, language) → PNG data URL
 
     def loss_picture(self, losses: list[float], steps: int, lang: str) -> Any:
-        """The loss plot of the first ``steps`` losses, drawn once for everyone watching the same run.
-
-        A class that trains the same points shares one run: thirty followers must not each
-        draw the same figure twice a second.
-        """
+        """The loss plot of the first ``steps`` losses, drawn once for everyone watching the same run."""
         key = (id(losses), steps, lang, losses[0] if steps else None, losses[steps - 1] if steps else None)
         return plot_picture(self._loss_pictures.get_or_make(
             key, lambda: png_data_url(figures.plot_loss(losses[:steps], self._text(lang)))))
@@ -191,9 +188,10 @@ class Lab2DHandlers:
                         yield {"status": waiting_html(tr, lang, progress)}
                         continue
                     done = progress.step - first
+                    shown = first + done - done % max(1, steps // PLOTS_PER_RUN)  # shared by all who watch
                     yield {"status": progress_html(done / steps, tr.text(
                         "lab2d.training", lang, done=done, total=steps, loss=f"{progress.loss:.4f}")),
-                        "loss_plot": self.loss_picture(progress.losses, progress.step, lang)}
+                        "loss_plot": self.loss_picture(progress.losses, shown, lang)}
                 trained = ticket.result
             finally:
                 ticket.close()
