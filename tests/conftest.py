@@ -19,13 +19,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_server():
+def app_server(tmp_path_factory):
     """Launch the real app (as `python app.py` builds it, drawing processes included) and yield its URL."""
     import app
+    from diffusion import images
 
     args = app.parse_args(["--host", "127.0.0.1", "--device", "cpu"])
     settings = app.settings_from_args(args)
     app.guard_uploads()
+    # The server runs in this process, whose unit tests hand the lessons files in pytest's own
+    # temp folder: that folder is allowed too (a file elsewhere is still refused: test_hostile).
+    images.restrict_uploads([*images._UPLOAD_ROOTS, tmp_path_factory.getbasetemp()])
     demo, tr = app.create_app(settings)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,

@@ -167,8 +167,6 @@ class Lab2DHandlers:
     def _train(self, session: Session | None, run_id: str, run: lab2d.Lab2DRun, steps: int, key: str | None,
                lang: str, client: str):
         tr = self.tr
-        if session is None:
-            RUNS.reserve(run_id)  # a Stop pressed before the training is queued still reaches it
         yield {"status": progress_html(0, tr.text("lab2d.training", lang, done=0, total=steps, loss="–")),
                "run_id": run_id}
         if session is not None and not session.lock.acquire(timeout=600):

@@ -151,11 +151,11 @@ class SamplingHandlers:
         new_id = RUNS.new_id()
         RUNS.reserve(new_id)  # a Stop pressed before the run is queued still reaches it
         first = tr.text("example.preparing" if example else "sampling.loading", lang)
-        yield {"status": progress_html(0, first), "gallery": [],
-               "scrub": gr.update(interactive=False, maximum=T_MAX, value=1), "run_id": new_id}
         try:
+            yield {"status": progress_html(0, first), "gallery": [],
+                   "scrub": gr.update(interactive=False, maximum=T_MAX, value=1), "run_id": new_id}
             ticket = self.submit(asked, EXAMPLES_CLIENT if example else client_of(request), capped=not example)
-        except BaseException:  # refused before it started: no run will take the reserved id
+        except BaseException:  # the page went away or the request was refused: no run takes the id
             RUNS.release(new_id)
             raise
         RUNS.add_live(new_id, ticket)
@@ -237,7 +237,6 @@ class SamplingHandlers:
         """``/sample_compare``: DDIM, then DDPM, from the same x_T; the pixel-spread plot."""
         tr = self.tr
         new_id = RUNS.new_id()
-        RUNS.reserve(new_id)
         text = tr.table("sampling.plot.", lang)
         big_t = models.load_unet_model(MODEL, self.device)[1]["num_train_timesteps"]
         yield {"status": progress_html(0, tr.text("sampling.loading", lang)), "ddpm": None, "ddim": None,

@@ -91,9 +91,9 @@ class TextToImageHandlers:
         tr = self.tr
         new_id = RUNS.new_id()
         RUNS.reserve(new_id)  # a Stop pressed before the run is queued still reaches it
-        yield {"status": progress_html(0, tr.text("example.preparing" if example else "text2image.loading", lang)),
-               "scrub": gr.update(interactive=False, value=1), "notice": "", "run_id": new_id}
         try:
+            yield {"status": progress_html(0, tr.text("example.preparing" if example else "text2image.loading", lang)),
+                   "scrub": gr.update(interactive=False, value=1), "notice": "", "run_id": new_id}
             pipe, name = self.pipeline_for(self.default_model if model is None else model)
             request = t2i.T2IRequest(prompt, negative_prompt, num_inference_steps, guidance_scale, seed, scheduler,
                                      width, height, batch_size, strength).validated(t2i.default_side(pipe),
@@ -113,7 +113,7 @@ class TextToImageHandlers:
                     pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag),
                 key=key, client=EXAMPLES_CLIENT if example else client_of(gr_request), capped=not example,
                 estimate_s=0.05 * request.num_inference_steps * request.batch_size)
-        except BaseException:  # refused before it started: no run will take the reserved id
+        except BaseException:  # the page went away or the request was refused: no run takes the id
             RUNS.release(new_id)
             raise
         RUNS.add_live(new_id, ticket)

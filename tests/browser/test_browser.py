@@ -250,6 +250,7 @@ def test_heat_player_plays_and_scrubs_in_the_browser(session):
     zh = session.locale == "zh-CN"
     watch = PlayerWatch(session)
     session.wait_for_json("heat-summary", r'"r"')
+    _wait_for_the_model_examples(session, watch, then=0)  # no late example may look like a player request
     # The default run's 51 frames arrive once; the player starts at the end, t = 50.
     watch.wait_caption("heat-player", "c.startsWith(a)", "t = 50")
     caption = watch.caption("heat-player")
@@ -304,7 +305,7 @@ def test_noising_slider_examples_and_gif(session):
 def test_noising_player_plays_and_scrubs_in_the_browser(session):
     zh = session.locale == "zh-CN"
     watch = PlayerWatch(session)
-    session.open_tab(TAB_NAMES[session.locale][1])
+    _wait_for_the_model_examples(session, watch, then=1)  # no late example may look like a player request
     session.wait_for_json("noise-summary", r'"alpha_bar"')
     # x_t from t = 0 to T arrives once; the player starts at the clean image.
     watch.wait_caption("noise-player", "c.startsWith(a)", "t = 0 / 1000" if zh else "t = 0 of 1000")

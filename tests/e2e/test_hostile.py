@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 import zlib
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -251,7 +253,7 @@ def test_bad_pictures_get_clear_messages(client, app_server, api, tmp_path):
         assert_clear(raw(app_server, api, json.dumps({"data": data})))
     # A real picture on the server's disk that nobody uploaded: never opened, so never shown noised
     # or denoised (with or without gradio's file marker, or as a bare path).
-    secret = tmp_path / "not-uploaded.png"
+    secret = Path(tempfile.mkdtemp(prefix="dl-not-uploaded-")) / "secret.png"  # outside every allowed folder
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(secret)
     for value in ({"path": str(secret)}, {"path": str(secret), "meta": {"_type": "gradio.FileData"}}, str(secret)):
         data = list(base)

@@ -220,11 +220,13 @@ def test_a_stop_pressed_before_the_run_is_queued_still_reaches_it():
     from diffusion.serving import store as run_store
 
     runs = run_store.RunStore(10**6)
-    jobs, counter = JobQueue(), Counter(steps=5)
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(steps=5, gate=gate)
     runs.reserve("a" * 32)
     assert runs.stop("a" * 32)  # the student pressed Stop as soon as the id was shown
     ticket = jobs.submit("k", counter.target(1), client="s")
     runs.add_live("a" * 32, ticket)
+    gate.set()
     drain(ticket)
     assert ticket.result.stopped and counter.calls == 1
     runs.reserve("b" * 32)
