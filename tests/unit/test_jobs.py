@@ -90,9 +90,11 @@ def test_different_keys_run_twice():
 
 
 def test_a_stopped_run_is_not_cached_as_complete():
-    jobs, counter = JobQueue(), Counter()
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(gate=gate)
     ticket = jobs.submit("k", counter.target(1), key="same", client="a")
-    ticket.stop()  # before it runs: it ends after its first step
+    ticket.stop()  # before its first step ends: it ends after that step
+    gate.set()
     drain(ticket)
     assert ticket.result.stopped
     again = jobs.submit("k", counter.target(1), key="same", client="a")
