@@ -24,6 +24,18 @@ class InputError(ValueError):
         self.params = params
         super().__init__(message.format(**params) if params else message)
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (code, message, params and a subclass's own fields), so an error
+        # raised in a GPU worker process reaches the user translated, as it would in-process.
+        return _restore, (type(self), self.code, self.template, self.params, dict(self.__dict__))
+
+
+def _restore(cls: type, code: str, template: str, params: dict, state: dict) -> InputError:
+    error = cls.__new__(cls)
+    InputError.__init__(error, code, template, **params)
+    error.__dict__.update(state)
+    return error
+
 
 def check_range(name: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> float:
     """Validate that ``value`` is a finite number in ``[lo, hi]`` and return it.

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -49,6 +49,8 @@ class StepInfo:
         x_t: What the network saw at this step.
         x0_pred: The predicted clean sample x̂_0.
         eps_pred: The (guided) noise prediction ε̂.
+        x_next: Where the loop goes from here (x_{t-1}), where a loop reports it: with it, the
+            reported steps alone rebuild a stopped run (a GPU call in another process).
     """
 
     step: int
@@ -58,14 +60,15 @@ class StepInfo:
     x_t: torch.Tensor
     x0_pred: torch.Tensor
     eps_pred: torch.Tensor
+    x_next: torch.Tensor | None = None
 
     def to_cpu(self) -> StepInfo:
         """A float32 CPU copy, safe to keep after the loop has moved on."""
         def copy(x: torch.Tensor) -> torch.Tensor:
             return x.detach().float().cpu()
 
-        return StepInfo(step=self.step, total=self.total, t=self.t, alpha_bar=self.alpha_bar,
-                        x_t=copy(self.x_t), x0_pred=copy(self.x0_pred), eps_pred=copy(self.eps_pred))
+        return replace(self, x_t=copy(self.x_t), x0_pred=copy(self.x0_pred), eps_pred=copy(self.eps_pred),
+                       x_next=None if self.x_next is None else copy(self.x_next))
 
 
 StepCallback = Callable[[StepInfo], None]

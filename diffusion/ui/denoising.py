@@ -26,9 +26,10 @@ from diffusion.lessons.denoising import (
     check_methods, check_zoom, classical, compare_methods, load_denoiser, prepare, score, summary, to_uint8,
 )
 from diffusion.lessons.denoising import figures as denoise_plots
+from diffusion.lessons.denoising.calls import CallingDenoiser
 from diffusion.models import registry as models
 from diffusion.models.denoiser_net import sigma_to_model
-from diffusion.serving.gpu import model_device
+from diffusion.serving import gpu
 from diffusion.serving.jobs import JobQueue, Ticket, Waiting, request_key
 from diffusion.serving.store import RunStore
 from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
@@ -37,6 +38,11 @@ from diffusion.ui.settings import AppSettings
 from diffusion.ui.widgets import LATEX, ImageInput, progress_html, waiting_html
 
 log = logging.getLogger("diffusion.ui")
+
+
+def _gpu_call(fn, kwargs, gpu_s, partial, callback, stop):
+    """The denoiser's network work as one GPU call (in another process on ZeroGPU)."""
+    return gpu.execute(gpu.GpuWork(fn, kwargs, gpu_s=gpu_s, partial=partial), callback, stop)
 
 PATH_FRAMES = 5  # multi-step frames shown
 RESULTS_BYTES = 400 * 1024 * 1024  # finished comparisons kept for the zoom view
@@ -176,7 +182,7 @@ class DenoisingHandlers:
         denoiser = None
         if any(m in DIFFUSION_METHODS for m in chosen):
             try:
-                denoiser = load_denoiser(self.device)
+                denoiser = CallingDenoiser(load_denoiser(self.device), self.device, _gpu_call)
             except models.ModelUnavailable:
                 chosen = [m for m in chosen if m not in DIFFUSION_METHODS]
                 if not chosen:  # only the model was asked for: say why nothing can be done
@@ -275,7 +281,7 @@ class DenoisingHandlers:
 def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """Lay out the denoising tab and wire its events to :class:`DenoisingHandlers`."""
     examples = [str(p) for p in list_examples(noisy=True) if p.name != "digit.png"]
-    handlers = DenoisingHandlers(tr, model_device(settings.device), settings.jobs)
+    handlers = DenoisingHandlers(tr, settings.device, settings.jobs)
     heavy = settings.model_events()
     gr.Markdown(tr("denoising.intro"), latex_delimiters=LATEX)
     if not models.denoiser_available():

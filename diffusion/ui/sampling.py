@@ -3,7 +3,8 @@
 One run works like this:
 
 1. The validated request goes to the server's job queue (:mod:`diffusion.serving.jobs`),
-   which runs :func:`diffusion.lessons.sampling.sample` in a worker thread and streams the
+   which runs :func:`diffusion.lessons.sampling.sample` in a worker thread (through
+   :func:`diffusion.serving.gpu.execute`, a GPU call on ZeroGPU) and streams the
    newest step's x_t, x̂_0 and ε̂ a few times a second. While it waits, the student sees
    their place in the queue; identical requests (same seed and settings) share one run.
 2. The Stop button sets the run's stop flag; the loop ends after the current step and
@@ -21,7 +22,6 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,14 @@ import torch
 
 from diffusion.images import save_gif
 from diffusion.lessons.sampling import (
-    DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, sample, to_uint8_grid,
+    DIGITS, LIMITS, SAMPLERS, SampleRequest, StepInfo, Trajectory, calls, to_uint8_grid,
 )
-from diffusion.lessons.sampling.batched import batch_key, sample_batched
+from diffusion.lessons.sampling.batched import batch_key
 from diffusion.lessons.sampling.figures import plot_std
 from diffusion.models import registry as models
 from diffusion.schedule import display_t
 from diffusion.devices import choose_precision
-from diffusion.serving.gpu import model_device
+from diffusion.serving import gpu
 from diffusion.serving.jobs import JobQueue, Ticket, Waiting, request_key
 from diffusion.serving.store import RunStore
 from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
@@ -95,12 +95,6 @@ def _request(sampler, num_inference_steps, eta, seed, batch_size, digit, guidanc
                          batch_size=batch_size, digit=digit, guidance_scale=guidance_scale)
 
 
-def _estimate_s(request: SampleRequest) -> float:
-    """A first guess of a run's seconds (the job queue corrects it by measured runs)."""
-    evals = request.batch_size * (1 if request.guidance_scale in (0.0, 1.0) else 2)
-    return 1e-3 * request.num_inference_steps * evals
-
-
 class SamplingHandlers:
     """The tab's event handlers; each yields or returns ``{output name: value}``.
 
@@ -122,20 +116,23 @@ class SamplingHandlers:
         request = request.validated(scheduler_config["num_train_timesteps"])  # fail before it queues
         key = request_key("sampling", {**vars(request), "record": record, "precision": self.precision,
                                        "device": self.device}, models.weights_digest(MODEL))
+        work = gpu.GpuWork(calls.run_request, {"request": request, "device": self.device, "record": record,
+                                               "precision": self.precision},
+                           gpu_s=calls.gpu_seconds(request), partial=calls.rebuilt)
         return self.jobs.submit(
-            "sampling", lambda callback, stop: sample(unet, scheduler_config, request, device=self.device,
-                                                      callback=callback, stop=stop, record=record,
-                                                      precision=self.precision),
-            key=key, client=client, estimate_s=_estimate_s(request), capped=capped,
+            "sampling", lambda callback, stop: gpu.execute(work, callback, stop),
+            key=key, client=client, estimate_s=calls.cpu_seconds(request), capped=capped,
             batch_key=batch_key(request, record, self.precision),
             payload=lambda live: (request, live.report, live.stop_event.is_set, record))
 
     def run_batch(self, payloads: list[tuple]) -> list[Trajectory]:
         """Run queued sampling jobs of the same shape in one loop (the job queue's batcher calls it)."""
-        unet, scheduler_config = models.load_unet_model(MODEL, self.device)
         requests, callbacks, stops, records = zip(*payloads)
-        return sample_batched(unet, scheduler_config, requests, device=self.device, callbacks=callbacks,
-                              stops=stops, record=records[0], precision=self.precision)
+        kwargs = {"requests": list(requests), "device": self.device, "record": records[0],
+                  "precision": self.precision}
+        work = gpu.GpuWork(calls.run_requests, kwargs, gpu_s=sum(map(calls.gpu_seconds, requests)))
+        return gpu.execute_batch(work, callbacks, stops, lambda kw, i, steps, seconds: calls.rebuilt_member(
+            kw["requests"][i], steps, seconds, device=kw["device"], record=kw["record"], precision=kw["precision"]))
 
     def example(self, lang):
         """The run the tab opens with: the default settings, shared by every student (and cached)."""
@@ -296,7 +293,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         log.warning("lesson 4 is off: no usable model at %s", models.MODELS[MODEL].path)
         gr.Markdown(tr("sampling.no_model"), elem_classes=["dl-warning"], elem_id="sample-no-model")
         return
-    handlers = SamplingHandlers(tr, model_device(settings.device), settings.jobs)
+    handlers = SamplingHandlers(tr, settings.device, settings.jobs)
     heavy = settings.model_events()
     t_max = T_MAX
     with gr.Row():

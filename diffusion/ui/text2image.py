@@ -28,7 +28,8 @@ from diffusion.images import check_upload, load_image
 from diffusion.lessons import text2image as t2i
 from diffusion.models import registry as models
 from diffusion.schedule import display_t
-from diffusion.serving.gpu import gpu_task
+from diffusion.lessons.text2image import calls as t2i_calls
+from diffusion.serving import gpu
 from diffusion.serving.jobs import Waiting, request_key
 from diffusion.serving.store import RunStore
 from diffusion.ui.handlers import EXAMPLES_CLIENT, bind, client_of, guarded
@@ -54,9 +55,14 @@ SCHEDULER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_anc
                     "dpm_solver": "DPM-Solver++ 2M", "lcm": "LCM"}
 
 
-def _pictures(info: Any, decode: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The latent z_t of one step as a picture, and its x̂₀ decoded by the VAE."""
-    return t2i.latent_picture(info.x_t), t2i.to_uint8(decode(info.x0_pred))
+def _pictures(generation: Any, info: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The latent z_t of one recorded step as a picture, and its x̂₀ decoded by the VAE (None if out of reach)."""
+    return t2i.latent_picture(info.x_t), generation.x0_picture(info)
+
+
+def _player_pictures(generation: Any, info: Any) -> list[np.ndarray]:
+    latent, x0 = _pictures(generation, info)
+    return [latent, x0 if x0 is not None else np.zeros_like(latent)]
 
 
 class TextToImageHandlers:
@@ -108,17 +114,18 @@ class TextToImageHandlers:
             weights = models.weights_digest(models.T2I if name == t2i.EMBEDDED else name)
             key = request_key("text2image", {**vars(request), "model": name, "init": init,
                                              "device": self.settings.device}, weights)
+            work = gpu.GpuWork(t2i_calls.generate, {
+                "ref": None if name == t2i.EMBEDDED else name, "device": self.settings.device,
+                "offline": self.settings.offline, "request": request, "model": name, "init_image": start,
+                "pictures": gpu.on_zero_gpu()}, gpu_s=t2i_calls.gpu_seconds(request), partial=t2i_calls.rebuilt)
             ticket = self.jobs.submit(
-                "text2image", lambda callback, stop_flag: t2i.generate_within_memory(
-                    pipe, request, model=name, init_image=start, callback=callback, stop=stop_flag),
+                "text2image", lambda callback, stop_flag: gpu.execute(work, callback, stop_flag),
                 key=key, client=EXAMPLES_CLIENT if example else client_of(gr_request), capped=not example,
                 estimate_s=0.05 * request.num_inference_steps * request.batch_size)
         except BaseException:  # the page went away or the request was refused: no run takes the id
             RUNS.release(new_id)
             raise
         RUNS.add_live(new_id, ticket)
-        decode = (lambda z: t2i.decode_latents(pipe.vae, z))
-        pacer = t2i.PreviewPacer()
         generation = None
         try:
             for info in ticket.updates():
@@ -129,8 +136,8 @@ class TextToImageHandlers:
                                t=display_t(info.t), seconds=time.perf_counter() - ticket.job.live.started)
                 update = {"status": progress_html((info.step + 1) / info.total, text),
                           "latent": t2i.latent_picture(info.x_t), "notice": note}
-                if pacer.due():
-                    update["x0"] = pacer.decode(decode, info.x0_pred)
+                if getattr(info, "preview", None) is not None:
+                    update["x0"] = info.preview
                 yield update
             generation = ticket.result
         finally:
@@ -144,7 +151,7 @@ class TextToImageHandlers:
             text = tr.text("example.shown", lang) + " " + text
         elif ticket.shared:
             text += " " + tr.text("queue.shared", lang)
-        latent, x0 = _pictures(generation.frame(n - 1), decode) if n else (None, None)
+        latent, x0 = _pictures(generation, generation.frame(n - 1)) if n else (None, None)
         items = [(np.asarray(im), f"{i + 1}") for i, im in enumerate(generation.images)]
         result = dict(generation.summary(), run_id=new_id, unknown_words=unknown, shared=ticket.shared)
         yield {"status": progress_html(1.0 if not generation.stopped else n / max(total, 1), text),
@@ -159,7 +166,7 @@ class TextToImageHandlers:
         text = self.tr.text("text2image.scrubbed", lang, step=info.step + 1, total=n, t=display_t(info.t),
                             alpha_bar=info.alpha_bar)
         return {"status": progress_html((info.step + 1) / n, text), "latent": t2i.latent_picture(info.x_t),
-                "x0": t2i.to_uint8(generation.decoder(info.x0_pred))}
+                "x0": generation.x0_picture(info)}
 
     def player(self, current_id, lang):
         """The browser player's value for a kept run: z_t and the decoded x̂₀ at up to :data:`PLAYER_FRAMES` steps.
@@ -171,9 +178,9 @@ class TextToImageHandlers:
         generation, lang, tr = kept_run(RUNS, current_id), normalize_lang(lang), self.tr
         if generation is None:
             return {"player": ""}
-        decode = generation.decoder
+        decodes = generation.decoder is not None or bool(generation.x0_pictures)
         frames = PLAYERS.get(generation, "frames", lambda: draw_frames(
-            generation, (lambda info: _pictures(info, decode)) if decode else (lambda info: [
+            generation, (lambda info: _player_pictures(generation, info)) if decodes else (lambda info: [
                 t2i.latent_picture(info.x_t)]), PLAYER_FRAMES, max_side=PLAYER_SIDE, average=(False, True)))
 
         def note(n: int) -> str:
@@ -276,7 +283,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     scrub_out = dict(status=status, latent=latent, x0=x0)
     inputs = [prompt, negative, steps, guidance, seed, scheduler, width, height, batch, model, init_image, strength,
               lang]
-    generate = gpu_task(duration=120)(bind(guarded(tr)(handlers.generate), outputs))
+    generate = bind(guarded(tr)(handlers.generate), outputs)  # its GPU work is one call inside (serving.gpu)
     # The player's frames follow each finished run (the example's too), read back by run id.
     player_event = dict(fn=bind(guarded(tr)(handlers.player), {"player": player}), inputs=[run_id, lang],
                         outputs=[player], js=LANG_JS, api_visibility="private", concurrency_id="light",
@@ -293,8 +300,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         # At start-up: the example, and its player in both languages, before the first page asks.
         settings.examples.append(lambda: [handlers.player(list(example("en"))[-1]["run_id"], code)
                                           for code in ("en", "zh-CN")])
-    stop.click(handlers.stop, [run_id], None, queue=False, api_name="text_to_image_stop",
-               cancels=[event] if settings.zero_gpu else None)
+    stop.click(handlers.stop, [run_id], None, queue=False, api_name="text_to_image_stop")
     scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),
                 js=LANG_JS, api_name="text_to_image_scrub", concurrency_id="light", trigger_mode="always_last",
                 show_progress="hidden")

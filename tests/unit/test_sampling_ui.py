@@ -20,7 +20,6 @@ from diffusion.lessons.sampling import SampleRequest, Trajectory, sample
 from diffusion.lessons.sampling.figures import SAMPLING_TEXT, plot_std
 from diffusion.serving.jobs import Waiting
 from diffusion.serving import store as run_store
-from diffusion.serving.gpu import model_device
 from diffusion.serving.live import LiveRun
 from diffusion.serving.store import RunStore
 from diffusion.ui import sampling as tab
@@ -174,12 +173,6 @@ def test_submit_validates_before_queueing_and_shares_identical_runs(tiny_registr
         t.close()
     assert same.shared and same.result is ticket.result  # the same pixels, computed once
     assert not other.shared and handlers.jobs.runs == 2
-
-
-def test_zero_gpu_keeps_the_small_model_on_the_cpu(monkeypatch):
-    settings = app.settings_from_args(app.parse_args(["--device", "cpu"]))
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert model_device(settings.device) == "cpu"
 
 
 def test_std_plot_draws_one_line_per_run_with_labels(unet, config):

@@ -217,9 +217,7 @@ class DiffusionDenoiser:
             return MultiStepRun(**Recorder(dtype=torch.float32).fields(), seconds=0.0, image=image, color=color,
                                 noisy=image, taus=[-1.0], sigmas_255=[0.0])
         y, sigmas = self._planes(noisy, sigma_255, color)
-        tau_star = self.levels.tau(sigmas)  # (C,)
-        grid = np.linspace(tau_star, -1.0, steps + 1)  # (steps + 1, C)
-        abars = self.levels.alpha_bar(grid)
+        grid, abars = multi_step_grid(self.levels, sigmas, steps)
         generator = torch.Generator().manual_seed(int(seed))
         x = y * torch.from_numpy(np.sqrt(abars[0])).float().view(-1, 1, 1, 1).to(self.device)
         recorder = Recorder(dtype=torch.float32)  # frames become pictures later: keep them exact
@@ -230,27 +228,41 @@ class DiffusionDenoiser:
             eps = self._eps(x, torch.from_numpy(grid[i]).float().to(self.device))
             x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1.0, 1.0)
             eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # the noise that the clipped x̂_0 implies
+            s = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+            x_next = a_prev.sqrt() * x0 + (1 - a_prev - s**2).clamp(min=0).sqrt() * eps
+            if eta > 0:
+                x_next = x_next + s * torch.randn(x.shape, generator=generator).to(self.device)
             info = StepInfo(step=i, total=steps, t=float(grid[i, 0]), alpha_bar=float(abars[i, 0]),
-                            x_t=x, x0_pred=x0, eps_pred=eps)
+                            x_t=x, x0_pred=x0, eps_pred=eps, x_next=x_next)
             recorder.add(info)
             if callback is not None:
                 callback(info)
-            s = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev - s**2).clamp(min=0).sqrt() * eps
-            if eta > 0:
-                x = x + s * torch.randn(x.shape, generator=generator).to(self.device)
+            x = x_next
             done = i + 1
             if should_stop(stop, done, steps):
                 stopped = True
                 break
-        a_last = torch.from_numpy(abars[done]).float().view(-1, 1, 1, 1).to(self.device)
-        image = from_channels((x / a_last.sqrt())[:, 0].double().cpu().numpy(), color)
-        remaining = self.levels.sigma(grid[:done + 1, 0]) / self.levels.sigma(grid[0, 0])
-        return MultiStepRun(**recorder.fields(), seconds=time.perf_counter() - start, stopped=stopped,
-                            device=str(self.device), image=image, color=color,
-                            noisy=from_channels(y[:, 0].double().cpu().numpy(), color),
-                            taus=grid[:done + 1, 0].tolist(), sigmas_255=(sigma_255 * remaining).tolist(),
-                            plane_alpha_bar=abars[:done + 1])
+        return finish_multi_step(recorder, x, y, grid, abars, done, self.levels, sigma_255, color,
+                                 seconds=time.perf_counter() - start, stopped=stopped, device=str(self.device))
+
+
+def multi_step_grid(levels: NoiseLevels, sigmas: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The timesteps from τ* to -1 of each plane, ``(steps + 1, C)``, and their ᾱ."""
+    grid = np.linspace(levels.tau(sigmas), -1.0, steps + 1)
+    return grid, levels.alpha_bar(grid)
+
+
+def finish_multi_step(recorder: Recorder, x: torch.Tensor, y: torch.Tensor, grid: np.ndarray, abars: np.ndarray,
+                      done: int, levels: NoiseLevels, sigma_255: float, color: str, *, seconds: float,
+                      stopped: bool, device: str) -> MultiStepRun:
+    """The :class:`MultiStepRun` of a loop that ran ``done`` steps and reached ``x`` (planes, any device)."""
+    a_last = torch.from_numpy(abars[done]).float().view(-1, 1, 1, 1).to(x.device)
+    image = from_channels((x / a_last.sqrt())[:, 0].double().cpu().numpy(), color)
+    remaining = levels.sigma(grid[:done + 1, 0]) / levels.sigma(grid[0, 0])
+    return MultiStepRun(**recorder.fields(), seconds=seconds, stopped=stopped, device=device, image=image,
+                        color=color, noisy=from_channels(y[:, 0].double().cpu().numpy(), color),
+                        taus=grid[:done + 1, 0].tolist(), sigmas_255=(sigma_255 * remaining).tolist(),
+                        plane_alpha_bar=abars[:done + 1])
 
 
 def load_denoiser(device: torch.device | str = "cpu", path: str | Path | None = None) -> DiffusionDenoiser:

@@ -229,7 +229,7 @@ def sample(unet: torch.nn.Module, scheduler_config: Any, request: SampleRequest,
             if x0 is None:
                 x0 = (x_in - math.sqrt(1.0 - alpha_bar) * eps) / math.sqrt(alpha_bar)
             info = StepInfo(step=i, total=total, t=as_number(t), alpha_bar=alpha_bar, x_t=x_in, x0_pred=x0,
-                            eps_pred=eps)
+                            eps_pred=eps, x_next=out.prev_sample)
             recorder.add(info)
             stds.append(x_in.float().std())
             if callback is not None:

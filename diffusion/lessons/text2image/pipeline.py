@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from diffusers import AutoPipelineForImage2Image
 from PIL import Image
@@ -95,6 +96,20 @@ class Generation(Trajectory):
     start_t: float | None = None  # the scheduler's first timestep (img2img starts there)
     fallback: str | None = None  # what was changed to finish the run (after running out of GPU memory)
     decoder: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    # x̂₀ of each step already decoded (uint8 strips by step index), for a run whose VAE stayed
+    # in a GPU process (ZeroGPU); a step without one shows only its latent.
+    x0_pictures: dict[int, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the recorded frames and the decoded pictures."""
+        return super().nbytes + sum(p.nbytes for p in (self.x0_pictures or {}).values())
+
+    def x0_picture(self, info: StepInfo) -> np.ndarray | None:
+        """The decoded x̂₀ of recorded step ``info`` (uint8 strip), or None where it cannot be had."""
+        if self.x0_pictures is not None:
+            return self.x0_pictures.get(info.step)
+        return to_uint8(self.decoder(info.x0_pred)) if self.decoder is not None else None
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe key numbers; ``start_t`` in the lessons' convention (:func:`~diffusion.schedule.display_t`)."""
@@ -246,6 +261,12 @@ def generate_within_memory(pipe: Any, request: T2IRequest, **kwargs: Any) -> Gen
     run = generate(pipe, replace(request, batch_size=1), **kwargs)
     run.request, run.fallback = request, "batch_size=1 (the GPU ran out of memory for the whole batch)"
     return run
+
+
+def to_uint8(pictures: torch.Tensor) -> np.ndarray:
+    """``(B, 3, H, W)`` on [0, 1] → one ``(H, B·W, 3)`` uint8 strip."""
+    strip = torch.cat(list(pictures), dim=2)
+    return (strip.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.lessons.text2image.pipeline import make_scheduler
+from diffusion.lessons.text2image.pipeline import make_scheduler, to_uint8
 
 
 PREVIEW_SHARE = 0.05  # at most ~5 % of a run's time goes into VAE-decoding live previews
@@ -55,12 +55,6 @@ def latent_picture(latents: torch.Tensor) -> np.ndarray:
     z = (z - z.mean(dim=(0, 2, 3), keepdim=True)) / (3 * spread)
     picture = ((z.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return torch.cat(list(picture), dim=2).permute(1, 2, 0).numpy()
-
-
-def to_uint8(pictures: torch.Tensor) -> np.ndarray:
-    """``(B, 3, H, W)`` on [0, 1] → one ``(H, B·W, 3)`` uint8 strip."""
-    strip = torch.cat(list(pictures), dim=2)
-    return (strip.permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
 
 
 def strength_to_timestep(pipe: Any, scheduler_name: str, num_inference_steps: int, strength: float) -> dict[str, Any]:
