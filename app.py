@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     guard_uploads()
     settings.render_pool.start()  # the workers start up while the app is built
     atexit.register(settings.render_pool.close)
+    atexit.register(settings.jobs.shutdown)  # registered later, so it runs first: no job left inside torch
     demo, tr = create_app(settings)
     logging.getLogger("diffusion").info("device: %s", settings.device_label)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,

@@ -38,6 +38,7 @@ def app_server(tmp_path_factory):
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:
+        settings.jobs.shutdown()
         demo.close()
         settings.render_pool.close()
 

@@ -123,6 +123,10 @@ class Ticket:
             self._queue._leave(self.job, was_active=not self._stopped)
 
 
+class _Closed(Exception):
+    """The queue was shut down: its workers end."""
+
+
 class JobQueue:
     """The model jobs of one server: ``workers`` threads take them fairly from every client.
 
@@ -151,6 +155,7 @@ class JobQueue:
         self._threads: list[threading.Thread] = []
         self.batcher: Any = None  # a diffusion.serving.batching.Batcher, when batching is on
         self.runs = 0  # jobs that ran (a test counts them)
+        self._closed = False
 
     # -- submitting ---------------------------------------------------------------------------
     def submit(self, kind: str, target: Callable[[StepCallback, StopFlag], Any], *, key: Hashable | None = None,
@@ -175,7 +180,10 @@ class JobQueue:
 
         Raises:
             InputError: ``too_many_jobs``: this client has :attr:`per_client` jobs already.
+            RuntimeError: The queue was shut down (:meth:`shutdown`).
         """
+        if self._closed:
+            raise RuntimeError("the job queue is shut down")
         complete = complete or (lambda result: not getattr(result, "stopped", False))
         if key is not None:
             cached = self.cache.get(key)
@@ -281,6 +289,27 @@ class JobQueue:
                 self._finished(job)
                 job.live.done.set()
 
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Start no more jobs, stop the running ones and wait up to ``timeout`` s for them; True if they ended.
+
+        At exit, a job still inside torch in a daemon thread takes the process down with
+        ``terminate called without an active exception`` (exit 134). Queued jobs end
+        unrun, as stopped ones.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            queued = [job for jobs in self._clients.values() for job in jobs]
+            self._clients.clear()
+            running = list(self._running)
+            for job in queued + running:
+                job.live.stop()
+            for job in queued:
+                self._finished(job)
+                job.live.done.set()
+            self._cond.notify_all()
+        return all(job.live.done.wait(max(0.0, deadline - time.monotonic())) for job in running)
+
     # -- working ------------------------------------------------------------------------------
     def _take(self) -> Job:
         """The next job: the first waiting one of the client served least recently (the caller holds the lock).
@@ -290,6 +319,8 @@ class JobQueue:
         a client that has many jobs queued.
         """
         while not self._clients:
+            if self._closed:
+                raise _Closed
             self._cond.wait()
         client = min(self._clients, key=lambda c: self._served.get(c, -1))  # ties: the earliest to queue
         jobs = self._clients[client]
@@ -306,7 +337,10 @@ class JobQueue:
     def _work(self) -> None:
         while True:
             with self._cond:
-                job = self._take()
+                try:
+                    job = self._take()
+                except _Closed:
+                    return
                 group = [job] + (self.batcher.companions(self, job) if self.batcher and job.batch_key is not None else [])
                 for j in group:
                     j.state, j.began = RUNNING, time.monotonic()

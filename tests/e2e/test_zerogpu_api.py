@@ -156,3 +156,22 @@ def test_text_to_image_stop_through_the_gpu_call(zero_gpu):
     assert summary["stopped"] and 1 <= summary["steps_run"] < 100
     status, latent, _ = zero_gpu.predict(run_id, summary["steps_run"], "en", api_name="/text_to_image_scrub")
     assert latent and f"{summary['steps_run']} / {summary['steps_run']}" in status
+
+
+def test_the_other_model_endpoints_on_zero_gpu(zero_gpu, client, tmp_path):
+    """Compare and GIF (lesson 4), the zoom (lesson 5) and the 2-D lab, whose tiny MLP stays in the main process."""
+    remote = zero_gpu.predict(12, 6, 0.0, 4, 2, "7", 2.0, "en", api_name="/sample_compare")
+    local = client.predict(12, 6, 0.0, 4, 2, "7", 2.0, "en", api_name="/sample_compare")
+    np.testing.assert_array_equal(np.asarray(Image.open(remote[1])), np.asarray(Image.open(local[1])))
+    np.testing.assert_array_equal(np.asarray(Image.open(remote[2])), np.asarray(Image.open(local[2])))
+    _, final = sample(zero_gpu, num_inference_steps=5, batch_size=1)
+    with Image.open(zero_gpu.predict(final["run_id"], "en", api_name="/sample_gif")) as gif:
+        assert gif.n_frames == 5
+    out = denoise(zero_gpu, methods=("diffusion_one_step",), steps=2)
+    assert zero_gpu.predict(out[6], 20, 70, 16, "en", api_name="/denoise_zoom")
+    train = dict(dataset="moons", n_points=200, seed=2, train_steps=100, hidden=32, depth=2, learning_rate=3e-3,
+                 schedule="linear", text="", lang="en")
+    job = zero_gpu.submit(**train, api_name="/lab2d_train")
+    summary = job.result()[-1]
+    points = zero_gpu.predict(summary["run_id"], "ddim", 20, 0.0, 100, 7, "en", api_name="/lab2d_sample")
+    assert np.asarray(points["samples"]).shape == (100, 2)

@@ -127,6 +127,21 @@ def test_a_queued_job_whose_watchers_left_never_runs():
     assert counter.order == ["running"] and queued.result is None
 
 
+def test_shutdown_stops_the_running_job_drops_the_queued_ones_and_refuses_more():
+    gate = threading.Event()
+    jobs, counter = JobQueue(), Counter(steps=50, gate=gate)
+    running = jobs.submit("k", counter.target(1, "running"), key="a", client="a")
+    while jobs.queued():  # the first one is taken by the worker
+        time.sleep(0.01)
+    queued = jobs.submit("k", counter.target(2, "queued"), key="b", client="b")
+    gate.set()
+    assert jobs.shutdown(timeout=10)
+    assert running.job.live.done.is_set() and running.result.stopped  # it ended after its current step
+    assert queued.job.live.done.is_set() and queued.result is None and counter.order == ["running"]
+    with pytest.raises(RuntimeError, match="shut down"):
+        jobs.submit("k", counter.target(3), key="c", client="c")
+
+
 def test_a_flooding_client_delays_another_by_about_one_job():
     gate = threading.Event()
     jobs, counter = JobQueue(per_client=3), Counter(steps=1, gate=gate)
