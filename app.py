@@ -29,12 +29,12 @@ from diffusion.devices import DEVICE_CHOICES, describe_device, resolve_device, s
 from diffusion.examples import EXAMPLES_DIR
 from diffusion.serving.cores import CoreShare
 from diffusion.serving.render_pool import RenderPool, default_render_workers
-from diffusion.ui import denoising, heat, lab2d, noising, sampling, text2image
+from diffusion.ui import applications, denoising, heat, lab2d, noising, sampling, text2image
 from diffusion.ui.i18n import FORCE_LANG_JS, SWITCH_LANG_JS, Translator
 from diffusion.ui.patches import publish_cached_images_atomically
 from diffusion.ui.settings import AppSettings
 
-TABS = (heat, noising, lab2d, sampling, denoising, text2image)  # the lesson order
+TABS = (heat, noising, lab2d, sampling, denoising, text2image, applications)  # the lesson order
 ROOT = Path(__file__).resolve().parent
 
 CSS = """

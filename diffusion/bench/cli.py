@@ -9,6 +9,7 @@ Usage::
     python -m diffusion.bench text2image [--steps 30] [--repeat N] [--sd15]
     python -m diffusion.bench load [--students 30] [--seconds 60]
     python -m diffusion.bench classroom [--tab sampling] [--students 30] [--within 10] [--seeds own|same]
+    python -m diffusion.bench applications [--repeat 3] [--threads 1]
 
 One module per lesson (:mod:`~diffusion.bench.heat`, :mod:`~diffusion.bench.noising`,
 :mod:`~diffusion.bench.sampling`, :mod:`~diffusion.bench.denoise`,
@@ -24,11 +25,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from diffusion import cli
-from diffusion.bench import classroom, denoise, heat, lab2d, load, noising, sampling, text2image
+from diffusion.bench import applications, classroom, denoise, heat, lab2d, load, noising, sampling, text2image
 
 SUBCOMMANDS = (heat.add_subcommand, noising.add_subcommand, lab2d.add_subcommand, sampling.add_subcommand,
                denoise.add_subcommand, text2image.add_subcommand, load.add_subcommand,
-               classroom.add_subcommand)
+               classroom.add_subcommand, applications.add_subcommand)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

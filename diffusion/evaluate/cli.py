@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m diffusion.evaluate lab2d|mnist|denoise|denoise-tune|denoise-color|noise-level|text2image|augment [options]
+    python -m diffusion.evaluate lab2d|mnist|denoise|denoise-tune|denoise-color|noise-level|text2image|augment|anomaly [options]
 
 The 2-D lab's defaults are measured by :mod:`diffusion.evaluate.lab2d` (``lab2d``),
 lesson 4's digit DDPM by :mod:`diffusion.evaluate.mnist` (``mnist``),
@@ -10,7 +10,8 @@ lesson 5's photo denoiser by :mod:`diffusion.evaluate.denoise` (``denoise``,
 ``denoise-tune``, ``denoise-color``; its noise-level estimate by :mod:`diffusion.evaluate.noise_level`,
 ``noise-level``) and lesson 6's tiny Stable Diffusion by
 :mod:`diffusion.evaluate.text2image` (``text2image``), and lesson 7's data augmentation by
-:mod:`diffusion.evaluate.augment` (``augment``). Each module registers its
+:mod:`diffusion.evaluate.augment` (``augment``) and its anomaly scores by :mod:`diffusion.evaluate.anomaly`
+(``anomaly``). Each module registers its
 subcommands and sets ``run``; they do not import each other or this parser.
 """
 
@@ -20,10 +21,10 @@ import argparse
 from collections.abc import Sequence
 
 from diffusion import cli
-from diffusion.evaluate import augment, denoise, lab2d, mnist, noise_level, text2image
+from diffusion.evaluate import anomaly, augment, denoise, lab2d, mnist, noise_level, text2image
 
 SUBCOMMANDS = (lab2d.add_subcommand, mnist.add_subcommand, denoise.add_subcommands, text2image.add_subcommand,
-               augment.add_subcommand, noise_level.add_subcommand)
+               augment.add_subcommand, anomaly.add_subcommand, noise_level.add_subcommand)
 DESCRIPTION = "Evaluation CLI: how good are the shipped models? ``python -m diffusion.evaluate mnist|denoise``."
 
 

@@ -7,7 +7,9 @@ Each model is a diffusers folder under ``assets/models/<name>/``:
 * ``denoiser`` (lesson 5, ``python -m diffusion.train denoiser --export DIR``): the same
   plus ``denoiser.json`` (its noise range);
 * ``pipeline`` (lesson 6, ``python -m diffusion.train text2image --export DIR``): a whole
-  ``StableDiffusionPipeline`` folder.
+  ``StableDiffusionPipeline`` folder;
+* ``autoencoder`` (lesson 7, ``python -m diffusion.train autoencoder --export DIR``): one
+  ``DigitAutoencoder`` (``config.json`` + safetensors).
 
 Every folder also has ``README.md`` (the model card) and ``train_info.json``.
 
@@ -40,6 +42,7 @@ PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json", "tokeni
                   "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
                   "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
                   "vae/diffusion_pytorch_model.safetensors")
+AUTOENCODER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class ModelSpec:
     """
 
     path: Path
-    kind: str  # "unet2d" | "denoiser" | "pipeline" (see the module docstring)
+    kind: str  # "unet2d" | "denoiser" | "pipeline" | "autoencoder" (see the module docstring)
     title: str
     image_size: int = 0
     in_channels: int = 0
@@ -61,7 +64,7 @@ class ModelSpec:
     def required_files(self) -> tuple[str, ...]:
         """The files a complete folder of this kind has."""
         return {"unet2d": UNET_FILES, "denoiser": UNET_FILES + ("denoiser.json",),
-                "pipeline": PIPELINE_FILES}[self.kind]
+                "pipeline": PIPELINE_FILES, "autoencoder": AUTOENCODER_FILES}[self.kind]
 
     def at(self, path: str | Path) -> ModelSpec:
         """The same model read from another folder (tests, a replaced model)."""
@@ -76,8 +79,11 @@ MODELS: dict[str, ModelSpec] = {
                           title="Noise-conditional photo denoiser (lesson 5)"),
     "text2image": ModelSpec(path=MODELS_DIR / "tiny-shapes-sd", kind="pipeline",
                             title="Tiny Stable Diffusion of coloured shapes (lesson 6)"),
+    "autoencoder": ModelSpec(path=MODELS_DIR / "digit-autoencoder", kind="autoencoder",
+                             title="Convolutional autoencoder of MNIST digits (lesson 7)",
+                             image_size=IMAGE_SIZE),
 }
-DENOISER, T2I = "denoiser", "text2image"
+DENOISER, T2I, AUTOENCODER = "denoiser", "text2image", "autoencoder"
 
 
 class ModelUnavailable(InputError):
@@ -208,6 +214,24 @@ def load_unet_model(name: str, device: torch.device | str = "cpu") -> tuple[UNet
     """
     entry = spec(name)
     return load(name, device, lambda path, dev: load_unet_folder(path, dev, name=name, spec=entry))
+
+
+def load_autoencoder(device: torch.device | str = "cpu") -> Any:
+    """Lesson 7's digit autoencoder on ``device`` (eval mode, no gradients), loaded once and shared.
+
+    Returns:
+        A :class:`~diffusion.models.digit_autoencoder.DigitAutoencoder`; treat it as read-only.
+
+    Raises:
+        ModelUnavailable: The folder is missing or corrupt (its config is checked when it is built).
+    """
+    from diffusion.models.digit_autoencoder import DigitAutoencoder
+
+    def build(path: Path, dev: torch.device) -> Any:
+        model = DigitAutoencoder.from_pretrained(path, use_safetensors=True, local_files_only=True)
+        return model.to(dev).eval().requires_grad_(False)
+
+    return load(AUTOENCODER, device, build)
 
 
 def load_text2image(ref: str | Path | None = None, device: torch.device | str = "cpu", offline: bool = False) -> Any:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m diffusion.train mnist|denoiser|text2image --out RUN_FOLDER [options]
+    python -m diffusion.train mnist|denoiser|text2image|autoencoder --out RUN_FOLDER [options]
 
 Each subcommand module (:mod:`~diffusion.train.mnist`, :mod:`~diffusion.train.denoiser`,
 :mod:`~diffusion.train.text2image`) registers its own parser with ``add_subcommand``
@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 from diffusion import cli
 from diffusion.errors import InputError
-from diffusion.train import denoiser, mnist, text2image
+from diffusion.train import autoencoder, denoiser, mnist, text2image
 
-SUBCOMMANDS = (mnist.add_subcommand, denoiser.add_subcommand, text2image.add_subcommand)
+SUBCOMMANDS = (mnist.add_subcommand, denoiser.add_subcommand, text2image.add_subcommand,
+               autoencoder.add_subcommand)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -558,3 +558,44 @@ def test_language_button_switches_labels_and_server_text(browser, app_server):
         s.assert_clean()
     finally:
         s.close()
+
+
+def _section_label(locale: str, name: str) -> str:
+    import json
+
+    table = json.loads((Path(__file__).resolve().parents[2] / "diffusion" / "ui" / "locales" / f"{locale}.json")
+                       .read_text(encoding="utf-8"))
+    return table[f"applications.{name}.tab"]
+
+
+def test_applications_sections_open_with_examples_and_run(session):
+    """Lesson 7: every section opens with its example, and each main button runs like a person uses it."""
+    from diffusion.ui import applications
+
+    zh, page = session.locale == "zh-CN", session.page
+    session.open_tab("7 · 应用" if zh else "7 · Applications")
+    names = [name for name, _ in applications.SECTIONS]
+    for name in names:
+        page.get_by_role("tab", name=_section_label(session.locale, name), exact=True).click()
+        if name == "anomaly":
+            session.wait_for_json("anomaly-summary", r'"score":')
+            page.locator("#anomaly-run").click()
+            session.wait_for_json("anomaly-summary", r'"is_anomaly":(true|false)')
+            assert page.locator("#anomaly-verdict").inner_text().strip()
+        elif name == "augment":
+            session.wait_for_json("augment-summary", r'"accuracy_real_only":')  # the example experiment
+            assert page.locator("#augment-plot img").count() == 1
+            session.set_slider("augment-per-class", 2)
+            page.locator("#augment-export").click()
+            session.wait_for_json("augment-export-summary", r'"count":20,')
+            page.locator("#augment-file a, #augment-file .file-preview").first.wait_for()
+        else:
+            page.locator(f"#{name}-run").click()
+            session.wait_for_json(f"{name}-summary", r'"steps_run":')
+            page.locator(f"#{name}-gallery img").first.wait_for()
+            assert page.locator(f"#{name}-gallery img").count() >= 4  # four fills by default
+            session.set_slider(f"{name}-scrub", 1)
+            page.locator(f"#{name}-status").get_by_text(re.compile("第 1 /" if zh else "1 /")).first.wait_for()
+        page.wait_for_timeout(300)
+        session.shot(f"7-{name}")
+    session.assert_clean()

@@ -38,7 +38,18 @@ DENOISE = [None, 25, 0, ["diffusion_one_step", "gaussian_heat"], 0, 4, 0.0, "opp
 T2I = ["a red circle", "", 4, 5.0, 0, "ddim", 0, 0, 1, "embedded", None, 0.6, "en"]
 LAB_TRAIN = ["moons", 200, 0, 100, 32, 2, 0.003, "linear", "扩散", "en"]
 LAB_SAMPLE = ["0" * 32, "ddim", 20, 0.0, 200, 0, "en"]
-FILE_ENDPOINTS = {"forward_noise": (NOISE, 0), "denoise": (DENOISE, 0), "text_to_image": (T2I, 10)}
+AUG_EXPORT = ["07", 2, 1.5, "ddim", 5, 0, "en"]
+AUG_EXPERIMENT = [5, 0, 0, "en"]
+ANOMALY = [None, "diffusion", "en"]
+INK = "0" * 140 + ("0" * 12 + "f" * 4 + "0" * 12) * 18 + "0" * 140  # a "1" painted on the 28×28 grid
+HOLE = "f" * 392 + "0" * 392  # the top half, painted
+INPAINT = ["heldout", 300, None, "", "top", "", "any", 1.5, 2, 0, 3, 2, "ddpm", "en"]
+INPAINT_DRAWN = ["drawing", 300, None, INK, "drawn", HOLE, "any", 1.5, 2, 0, 3, 2, "ddpm", "en"]
+SUPERRES = ["heldout", 300, None, "", 4, False, "any", 1.5, 2, 0, 4, 1.0, "ddnm_box", "en"]
+SUPERRES_DRAWN = ["drawing", 300, None, INK, 4, False, "any", 1.5, 2, 0, 4, 1.0, "ddnm_box", "en"]
+FILE_ENDPOINTS = {"forward_noise": (NOISE, 0), "denoise": (DENOISE, 0), "text_to_image": (T2I, 10),
+                  "inpaint": (["upload", *INPAINT[1:]], 2), "super_resolve": (["upload", *SUPERRES[1:]], 2),
+                  "anomaly_score": (ANOMALY, 0)}
 TRIED = {"cases": 0}
 
 
@@ -95,6 +106,10 @@ NUMERIC = {  # endpoint → (base arguments, indices of its numeric parameters)
     "sample": (SAMPLE, [1, 2, 3, 4, 6]),
     "text_to_image": (T2I, [2, 3, 4, 6, 7, 8, 11]),
     "lab2d_train": (LAB_TRAIN, [1, 2, 3, 4, 5, 6]),
+    "inpaint": (INPAINT, [1, 7, 8, 9, 10, 11]),
+    "super_resolve": (SUPERRES, [1, 4, 5, 7, 8, 9, 10, 11]),
+    "augment_export": (AUG_EXPORT, [1, 2, 4, 5]),
+    "augment_experiment": (AUG_EXPERIMENT, [0, 1, 2]),
 }
 
 
@@ -144,6 +159,17 @@ TEXT_PARAMS = {  # endpoint → (base arguments, indices of its text and choice 
     "lab2d_continue": (["0" * 32, 100, "en"], [0, 2]),
     "lab2d_field": (["0" * 32, 100, "en"], [0, 2]),
     "lab2d_stop": (["0" * 32], [0]),
+    "inpaint": (INPAINT_DRAWN, [0, 3, 4, 5, 6, 12, 13]),
+    "inpaint_scrub": (["0" * 32, 1, "en"], [0, 2]),
+    "inpaint_stop": (["0" * 32], [0]),
+    "super_resolve": (SUPERRES_DRAWN, [0, 3, 6, 12, 13]),
+    "super_resolve_scrub": (["0" * 32, 1, "en"], [0, 2]),
+    "super_resolve_stop": (["0" * 32], [0]),
+    "augment_export": (AUG_EXPORT, [0, 3, 6]),
+    "augment_export_stop": (["0" * 32], [0]),
+    "augment_experiment": (AUG_EXPERIMENT, [3]),
+    "augment_experiment_stop": (["0" * 32], [0]),
+    "anomaly_score": (ANOMALY, [1, 2]),
 }
 
 

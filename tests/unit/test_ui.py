@@ -143,15 +143,22 @@ def test_guarded_hides_unexpected_errors_and_handles_generators(built):
     assert "服务器仍在正常运行" in info.value.message
 
 
-def test_app_has_six_tabs_in_lesson_order_and_named_endpoints(built):
+def test_app_has_seven_tabs_in_lesson_order_and_named_endpoints(built):
+    from diffusion.ui import applications
+
     demo, tr = built
-    tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert [t.id for t in tabs] == ["heat", "noising", "lab2d", "sampling", "denoising", "text2image"]
+    all_tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
+    tabs = [t for t in all_tabs if not str(t.id).startswith("applications-")]
+    assert [t.id for t in tabs] == ["heat", "noising", "lab2d", "sampling", "denoising", "text2image", "applications"]
     for lang in ("en", "zh-CN"):  # each tab's label starts with its place in the course
-        assert [tr.text(f"{t.id}.tab", lang).split(" · ")[0] for t in tabs] == ["1", "2", "3", "4", "5", "6"]
+        assert [tr.text(f"{t.id}.tab", lang).split(" · ")[0] for t in tabs] == ["1", "2", "3", "4", "5", "6", "7"]
+    sections = [t.id for t in all_tabs if str(t.id).startswith("applications-")]
+    assert sections == [f"applications-{name}" for name, _ in applications.SECTIONS]
+    assert {"applications-augment", "applications-inpaint", "applications-superres"} <= set(sections)
     api_names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"heat_simulate", "forward_noise", "forward_noise_gif", "sample", "sample_stop", "sample_scrub",
-            "sample_gif", "sample_compare"} <= api_names
+            "sample_gif", "sample_compare", "augment_export", "augment_experiment", "inpaint", "inpaint_stop",
+            "inpaint_scrub", "super_resolve", "super_resolve_stop", "super_resolve_scrub"} <= api_names
 
 
 def test_queue_is_bounded(built):

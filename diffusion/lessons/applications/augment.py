@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import time
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
