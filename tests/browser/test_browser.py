@@ -330,6 +330,7 @@ def test_lab2d_trains_samples_plays_and_draws(session):
     page.locator("#lab2d-train").click()
     session.wait_for_json("lab2d-summary", r'"dataset":"checkerboard","n_train":400,"train_steps":600')
     assert ("训练完成" if zh else "Trained") in page.locator("#lab2d-status").inner_text()
+    page.locator("#lab2d-loss img").wait_for()  # the loss plot follows the summary (a loaded machine: later)
     assert page.locator("#lab2d-loss img").count() == 1
     session.set_slider("lab2d-sample-steps", 30)
     page.locator("#lab2d-sample").click()
@@ -578,9 +579,11 @@ def test_applications_sections_open_with_examples_and_run(session):
     for name in names:
         page.get_by_role("tab", name=_section_label(session.locale, name), exact=True).click()
         if name == "anomaly":
-            session.wait_for_json("anomaly-summary", r'"score":')
+            session.wait_for_json("anomaly-summary", r'"method":"diffusion"')  # the example, scored on open
+            page.locator("#anomaly-method label").nth(1).click()  # the autoencoder's score
             page.locator("#anomaly-run").click()
-            session.wait_for_json("anomaly-summary", r'"is_anomaly":(true|false)')
+            session.wait_for_json("anomaly-summary", r'"method":"autoencoder"')
+            page.locator("#anomaly-histogram img").wait_for()
             assert page.locator("#anomaly-verdict").inner_text().strip()
         elif name == "augment":
             session.wait_for_json("augment-summary", r'"accuracy_real_only":')  # the example experiment
@@ -590,10 +593,13 @@ def test_applications_sections_open_with_examples_and_run(session):
             session.wait_for_json("augment-export-summary", r'"count":20,')
             page.locator("#augment-file a, #augment-file .file-preview").first.wait_for()
         else:
+            session.wait_for_json(f"{name}-summary", r'"steps_run":')  # the example, on open
+            seed = page.locator(f"#{name}-seed input")
+            seed.fill("7")  # a run of our own, not the example's cached one
+            seed.press("Enter")
             page.locator(f"#{name}-run").click()
-            session.wait_for_json(f"{name}-summary", r'"steps_run":')
-            page.locator(f"#{name}-gallery img").first.wait_for()
-            assert page.locator(f"#{name}-gallery img").count() >= 4  # four fills by default
+            session.wait_for_json(f"{name}-summary", r'"seed":7,')
+            page.locator(f"#{name}-gallery img").nth(3).wait_for()  # four fills by default
             session.set_slider(f"{name}-scrub", 1)
             page.locator(f"#{name}-status").get_by_text(re.compile("第 1 /" if zh else "1 /")).first.wait_for()
         page.wait_for_timeout(300)

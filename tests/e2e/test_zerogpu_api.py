@@ -175,3 +175,24 @@ def test_the_other_model_endpoints_on_zero_gpu(zero_gpu, client, tmp_path):
     summary = job.result()[-1]
     points = zero_gpu.predict(summary["run_id"], "ddim", 20, 0.0, 100, 7, "en", api_name="/lab2d_sample")
     assert np.asarray(points["samples"]).shape == (100, 2)
+
+
+def test_lesson_7_endpoints_on_zero_gpu(zero_gpu, client):
+    """Anomaly score, export, inpainting and super-resolution cross the boundary with the in-process results."""
+    picture = handle_file(str(ROOT / "assets" / "examples" / "anomaly" / "cjk.png"))
+    remote = zero_gpu.predict(picture, "diffusion", "en", api_name="/anomaly_score")[-1]
+    local = client.predict(picture, "diffusion", "en", api_name="/anomaly_score")[-1]
+    assert remote["score"] == pytest.approx(local["score"], abs=1e-4) and remote["is_anomaly"] == local["is_anomaly"]
+    export = ("37", 2, 1.0, "ddim", 5, 1, "en")
+    remote = zero_gpu.predict(*export, api_name="/augment_export")
+    local = client.predict(*export, api_name="/augment_export")
+    assert remote[-1]["count"] == 4 and Path(remote[1]).read_bytes() == Path(local[1]).read_bytes()
+    inpaint = ("heldout", 300, None, "", "top", "", "any", 1.5, 2, 0, 4, 2, "ddpm", "en")
+    remote = zero_gpu.predict(*inpaint, api_name="/inpaint")
+    local = client.predict(*inpaint, api_name="/inpaint")
+    assert remote[-1]["hole_psnr_db"] == pytest.approx(local[-1]["hole_psnr_db"], abs=0.05)
+    assert "1 /" in zero_gpu.predict(remote[-1]["run_id"], 1, "en", api_name="/inpaint_scrub")[0]
+    upscale = ("heldout", 300, None, "", 4, False, "any", 1.5, 2, 0, 8, 1.0, "ddnm_box", "en")
+    remote = zero_gpu.predict(*upscale, api_name="/super_resolve")[-1]
+    local = client.predict(*upscale, api_name="/super_resolve")[-1]
+    assert remote["psnr_db"] == pytest.approx(local["psnr_db"], abs=0.05)

@@ -246,7 +246,9 @@ def build_anomaly(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> Non
                 image = ImageInput(value=str(paths[START_EXAMPLE]), type="filepath", sources=["upload", "clipboard"],
                                    label=tr(P + "image"), height=240, elem_id="anomaly-image")
                 examples = gr.Examples([[str(paths[name])] for name in EXAMPLES], inputs=[image],
-                                       example_labels=[tr(P + f"example.{name}") for name in EXAMPLES],
+                                       # gradio shows example labels as they are (no I18n): both languages
+                                       example_labels=[" · ".join(tr.text(P + f"example.{name}", lang) for lang in
+                                                                  ("en", "zh-CN")) for name in EXAMPLES],
                                        label=tr(P + "examples"), elem_id="anomaly-examples")
                 run = gr.Button(tr(P + "run"), variant="primary", elem_id="anomaly-run")
             with gr.Accordion(tr(P + "draw_tab"), open=False, elem_id="anomaly-draw-box"):
