@@ -43,6 +43,35 @@ def app_server(tmp_path_factory):
         settings.render_pool.close()
 
 
+@pytest.fixture
+def spaces(monkeypatch):
+    """The ``spaces`` test double (``tests/zerogpu``), switched on and decorating the app's GPU stream.
+
+    As on a ZeroGPU Space at start-up: every :func:`diffusion.serving.gpu.execute` then runs in
+    a forked worker. Torch runs one thread here too, as in the double's workers, so the same
+    sums come in the same order and a test can compare the bits.
+    """
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from diffusion.serving import gpu
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "zerogpu"))
+    sys.modules.pop("spaces", None)
+    double = importlib.import_module("spaces")
+    monkeypatch.setattr(gpu, "_gpu_stream", double.GPU(duration=gpu.duration_s)(gpu._stream))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield double
+    torch.set_num_threads(threads)
+    double.reset()
+    sys.modules.pop("spaces", None)
+
+
 @pytest.fixture(scope="session")
 def client(app_server):
     """A gradio_client connected to the running app, as a user's script would be."""

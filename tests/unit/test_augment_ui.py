@@ -9,12 +9,10 @@ results as the calls made here.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 import json
 import os
 import re
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -41,7 +39,6 @@ from diffusion.ui.applications import augment_handlers as tab
 from diffusion.ui.i18n import Translator, load_locales
 from tests.unit.test_sampling import tiny_unet
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = TrainSettings(steps=4, batch_size=8, rounds=2)
 SMALL = ("73", 3, 1.5, "ddim", 4, 5)  # digits, per class, guidance, sampler, steps, seed
 
@@ -79,17 +76,6 @@ def handlers(tr, tiny_registry, tmp_path):
     return tab.AugmentHandlers(tr, "cpu", JobQueue(), train=FAST, zips=tab.ZipFiles(4))
 
 
-@pytest.fixture
-def spaces(monkeypatch):
-    """The ``spaces`` double, switched on, decorating the app's GPU stream as at a Space's start-up."""
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "zerogpu"))
-    sys.modules.pop("spaces", None)
-    double = importlib.import_module("spaces")
-    monkeypatch.setattr(gpu, "_gpu_stream", double.GPU(duration=gpu.duration_s)(gpu._stream))
-    yield double
-    double.reset()
-    sys.modules.pop("spaces", None)
 
 
 def core_export(handlers, *fields) -> object:

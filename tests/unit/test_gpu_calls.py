@@ -8,10 +8,7 @@ lesson's own errors.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,25 +23,10 @@ from diffusion.lessons.text2image import calls as t2i_calls
 from diffusion.models import registry
 from diffusion.serving import gpu
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not (registry.available("mnist") and registry.denoiser_available()
                                      and registry.text2image_available()), reason="a shipped model is missing")
 
 
-@pytest.fixture
-def spaces(monkeypatch):
-    """The ``spaces`` double, switched on, decorating the app's GPU stream as at a Space's start-up."""
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "zerogpu"))
-    sys.modules.pop("spaces", None)
-    double = importlib.import_module("spaces")
-    monkeypatch.setattr(gpu, "_gpu_stream", double.GPU(duration=gpu.duration_s)(gpu._stream))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the double's workers: the same sums in the same order, the same bits
-    yield double
-    torch.set_num_threads(threads)
-    double.reset()
-    sys.modules.pop("spaces", None)
 
 
 def after(n):

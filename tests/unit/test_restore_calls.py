@@ -8,10 +8,7 @@ step k keeps: the same frames, the same last x, the same numbers.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,24 +21,9 @@ from diffusion.models import registry
 from diffusion.reverse import StepInfo
 from diffusion.serving import gpu
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not registry.available("mnist"), reason="the digit model is not installed")
 
 
-@pytest.fixture
-def spaces(monkeypatch):
-    """The ``spaces`` double, switched on, decorating the app's GPU stream as at a Space's start-up."""
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "zerogpu"))
-    sys.modules.pop("spaces", None)
-    double = importlib.import_module("spaces")
-    monkeypatch.setattr(gpu, "_gpu_stream", double.GPU(duration=gpu.duration_s)(gpu._stream))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the double's workers: the same sums in the same order, the same bits
-    yield double
-    torch.set_num_threads(threads)
-    double.reset()
-    sys.modules.pop("spaces", None)
 
 
 def after(n):
