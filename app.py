@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the first is the default (default: the embedded model)")
     p.add_argument("--allow-any-model", action="store_true",
                    help="let users type any Hugging Face model id (off: only the listed models)")
+    p.add_argument("--no-safety-checker", dest="safety_checker", action="store_false",
+                   help="run real text-to-image models without their content filter (on by default: every "
+                        "picture they show is checked by the Stable Diffusion safety checker)")
     p.add_argument("--offline", action="store_true", default=os.environ.get("HF_HUB_OFFLINE") == "1",
                    help="never download models (also set by HF_HUB_OFFLINE=1)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -119,6 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
         heavy_concurrency=args.heavy_concurrency or (1 if device.type != "cpu" else min(4, os.cpu_count() or 1)),
         max_queue=args.max_queue, max_upload_mb=args.max_upload_mb, lang=args.lang,
         t2i_models=tuple(args.t2i_model), allow_any_model=args.allow_any_model, offline=args.offline,
+        safety_checker=args.safety_checker,
         zero_gpu=bool(os.environ.get("SPACES_ZERO_GPU")),
         batching=args.batching == "on" or (args.batching == "auto" and device.type == "cuda"),
         cores=CoreShare(idle_threads=args.torch_threads or None, busy_threads=args.torch_threads or None),

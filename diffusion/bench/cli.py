@@ -6,14 +6,14 @@ Usage::
     python -m diffusion.bench noising [--moves N]
     python -m diffusion.bench sampling [--model-dir DIR | --random-tiny] [--repeat N]
     python -m diffusion.bench denoise [--size 384] [--repeat N]
-    python -m diffusion.bench text2image [--steps 30] [--repeat N] [--sd15]
+    python -m diffusion.bench text2image [--steps 30] [--repeat N] [--sd15] [--sd15-cpu [--sd15-keep DIR]]
     python -m diffusion.bench load [--students 30] [--seconds 60]
     python -m diffusion.bench classroom [--tab sampling] [--students 30] [--within 10] [--seeds own|same]
     python -m diffusion.bench applications [--repeat 3] [--threads 1]
 
 One module per lesson (:mod:`~diffusion.bench.heat`, :mod:`~diffusion.bench.noising`,
 :mod:`~diffusion.bench.sampling`, :mod:`~diffusion.bench.denoise`,
-:mod:`~diffusion.bench.text2image`) and the classroom load test
+:mod:`~diffusion.bench.text2image`, with :mod:`~diffusion.bench.sd15`) and the classroom load test
 (:mod:`~diffusion.bench.load`). Each registers its subcommand with
 ``add_subcommand`` and sets ``func``; a new benchmark adds its module to
 :data:`SUBCOMMANDS`. Every benchmark prints ratios measured side by side in one run

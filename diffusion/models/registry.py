@@ -234,28 +234,33 @@ def load_autoencoder(device: torch.device | str = "cpu") -> Any:
     return load(AUTOENCODER, device, build)
 
 
-def load_text2image(ref: str | Path | None = None, device: torch.device | str = "cpu", offline: bool = False) -> Any:
+def load_text2image(ref: str | Path | None = None, device: torch.device | str = "cpu", offline: bool = False,
+                    safety: bool = True) -> Any:
     """A text-to-image pipeline, loaded once and shared: the embedded folder (``ref`` None) or ``ref``.
 
-    The embedded model stays cached; of other models (hub ids, local folders) only the
-    most recent one is kept, so switching models does not pile up gigabytes.
+    The embedded model stays cached and never gets a content filter (it draws coloured
+    shapes). Of other models (hub ids, local folders) only the most recent one is kept, so
+    switching models does not pile up gigabytes; with ``safety`` it carries its content filter
+    (:func:`~diffusion.models.pipelines.load_pipeline`), and the same model with the filter
+    on and off are two cache entries.
 
     Raises:
         ModelUnavailable: The embedded folder is missing or corrupt (remembered).
-        InputError: ``model_load_failed`` for another model that cannot be loaded.
+        InputError: ``model_load_failed`` for another model that cannot be loaded;
+            ``content_filter_unavailable`` when ``safety`` is on and its filter cannot be loaded.
     """
     from diffusion.models.pipelines import load_pipeline  # diffusers' pipeline classes load slowly
 
     device = torch.device(device)
     if ref is None or Path(ref) == MODELS[T2I].path:
-        return load(T2I, device, lambda path, dev: load_pipeline(str(path), dev, offline=True))
-    key = (str(ref), str(device))
+        return load(T2I, device, lambda path, dev: load_pipeline(str(path), dev, offline=True, safety=False))
+    key = (str(ref), str(device), safety)
     with _lock:
         if key not in _hub:
             _hub.clear()  # drop the previous big model before loading the next one
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            _hub[key] = load_pipeline(str(ref), device, offline=offline)
+            _hub[key] = load_pipeline(str(ref), device, offline=offline, safety=safety)
         return _hub[key]
 
 

@@ -24,6 +24,7 @@ class AppSettings:
     t2i_models: tuple[str, ...] = ()  # text-to-image models the operator offers (ids or folders), first = default
     allow_any_model: bool = False     # let users type any hub id (a public Space should not)
     offline: bool = False             # never reach the Hugging Face Hub
+    safety_checker: bool = True       # real text-to-image models run with their content filter (--no-safety-checker)
     zero_gpu: bool = False            # running on a ZeroGPU Space
     # Processes that draw figures beside the server (none by default: tests and notebooks draw in-process).
     render_pool: RenderPool = field(default_factory=lambda: RenderPool(0), compare=False, repr=False)

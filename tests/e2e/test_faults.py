@@ -30,7 +30,7 @@ def _truncate(path) -> None:
 # Runs before the damaged app exists: that fixture swaps the model paths for the whole module.
 def test_a_closed_page_ends_the_run_and_frees_it(client):
     from diffusion.ui import sampling as sampling_tab
-    from diffusion.ui import text2image as t2i_tab
+    from diffusion.ui.text2image import run as t2i_tab
 
     cases = [("/sample", dict(sampler="ddpm", num_inference_steps=1000, batch_size=16), sampling_tab.RUNS)]
     if models.text2image_available():

@@ -36,6 +36,8 @@ NOISE = [None, "linear", 1000, 300, 0, "en"]
 SAMPLE = ["ddim", 5, 0.0, 0, 2, "3", 2.0, "en"]
 DENOISE = [None, 25, 0, ["diffusion_one_step", "gaussian_heat"], 0, 4, 0.0, "opponent", 96, 50, 50, 32, "en"]
 T2I = ["a red circle", "", 4, 5.0, 0, "ddim", 0, 0, 1, "embedded", None, 0.6, "en"]
+T2I_COMPARE = ["a red circle", "a blue square", "", 4, 2.0, 0, "ddim", 0, 0, "embedded", "en"]
+T2I_SWEEP = ["a red circle", "", 3, 0, "ddim", 0, 0, "embedded", "en"]
 LAB_TRAIN = ["moons", 200, 0, 100, 32, 2, 0.003, "linear", "扩散", "en"]
 LAB_SAMPLE = ["0" * 32, "ddim", 20, 0.0, 200, 0, "en"]
 AUG_EXPORT = ["07", 2, 1.5, "ddim", 5, 0, "en"]
@@ -105,6 +107,8 @@ NUMERIC = {  # endpoint → (base arguments, indices of its numeric parameters)
     "heat_kernel": ([0.1, 20.0, 100.0, "en"], [0, 1, 2]),
     "sample": (SAMPLE, [1, 2, 3, 4, 6]),
     "text_to_image": (T2I, [2, 3, 4, 6, 7, 8, 11]),
+    "text_to_image_compare": (T2I_COMPARE, [3, 4, 5, 7, 8]),
+    "text_to_image_guidance_sweep": (T2I_SWEEP, [2, 3, 5, 6]),
     "lab2d_train": (LAB_TRAIN, [1, 2, 3, 4, 5, 6]),
     "inpaint": (INPAINT, [1, 7, 8, 9, 10, 11]),
     "super_resolve": (SUPERRES, [1, 4, 5, 7, 8, 9, 10, 11]),
@@ -116,7 +120,7 @@ NUMERIC = {  # endpoint → (base arguments, indices of its numeric parameters)
 @pytest.mark.parametrize("api", sorted(NUMERIC))
 def test_bad_numbers_everywhere(app_server, api):
     base, indices = NUMERIC[api]
-    if api == "text_to_image" and not models.text2image_available():
+    if api.startswith("text_to_image") and not models.text2image_available():
         pytest.skip("the embedded text-to-image model is not installed")
     for index in indices:
         for value in BAD_NUMBERS:
@@ -153,6 +157,13 @@ TEXT_PARAMS = {  # endpoint → (base arguments, indices of its text and choice 
     "text_to_image": (T2I, [0, 1, 5, 9, 12]),
     "text_to_image_scrub": (["0" * 32, 1, "en"], [0, 2]),
     "text_to_image_stop": (["0" * 32], [0]),
+    "text_to_image_compare": (T2I_COMPARE, [0, 1, 2, 6, 9, 10]),
+    "text_to_image_compare_scrub": (["0" * 32 + "," + "1" * 32, 1, "en"], [0, 2]),
+    "text_to_image_compare_stop": (["0" * 32], [0]),
+    "text_to_image_guidance_sweep": (T2I_SWEEP, [0, 1, 4, 7, 8]),
+    "text_to_image_guidance_sweep_stop": (["0" * 32], [0]),
+    "text_to_image_attention": (["0" * 32, 0, "en"], [0, 2]),
+    "text_to_image_path": (["0" * 32, 0, "en"], [0, 2]),
     "denoise_zoom": (["0" * 32, 50, 50, 32, "en"], [0, 4]),
     "lab2d_train": (LAB_TRAIN, [0, 7, 8, 9]),
     "lab2d_sample": (LAB_SAMPLE, [0, 1, 6]),
@@ -180,6 +191,24 @@ def test_bad_numbers_on_a_trained_2d_model(app_server):
     for api, base, indices in (("lab2d_sample", [run_id, *LAB_SAMPLE[1:]], [2, 3, 4, 5]),
                                ("lab2d_field", [run_id, 100, "en"], [1]),
                                ("lab2d_continue", [run_id, 50, "en"], [1])):
+        for index in indices:
+            for value in BAD_NUMBERS:
+                assert_clear(raw(app_server, api, with_value(base, index, value)))
+    server_still_answers(app_server)
+
+
+def test_bad_numbers_on_a_kept_text_to_image_run(app_server):
+    if not models.text2image_available():
+        pytest.skip("the embedded text-to-image model is not installed")
+    kind, text = raw(app_server, "text_to_image", json.dumps({"data": T2I}))
+    assert kind == "complete", text
+    run_id = json.loads(text)[6]
+    kind, text = raw(app_server, "text_to_image_compare", json.dumps({"data": T2I_COMPARE}))
+    assert kind == "complete", text
+    run_ids = json.loads(text)[4]
+    for api, base, indices in (("text_to_image_attention", [run_id, 0, "en"], [1]),
+                               ("text_to_image_path", [run_id, 0, "en"], [1]),
+                               ("text_to_image_compare_scrub", [run_ids, 1, "en"], [1])):
         for index in indices:
             for value in BAD_NUMBERS:
                 assert_clear(raw(app_server, api, with_value(base, index, value)))

@@ -32,7 +32,7 @@ def test_only_the_prompt_is_needed_and_the_summary_names_the_run(client):
     outputs, final = generate(client)
     summary = final["summary"]
     assert {k: summary[k] for k in ("model", "scheduler", "steps", "guidance_scale", "seed")} == \
-        {"model": "embedded", "scheduler": "ddim", "steps": 30, "guidance_scale": 5.0, "seed": 0}
+        {"model": "embedded", "scheduler": "ddim", "steps": 30, "guidance_scale": 2.0, "seed": 0}
     assert summary["seconds"] > 0 and summary["steps_run"] == 30 and not summary["stopped"]
     # a loading frame, at least one live step and the final frame; or at once, when the tab's
     # example (these very defaults) was computed at start-up
@@ -114,3 +114,59 @@ def test_a_file_that_is_not_a_picture_is_refused(client, tmp_path):
     fake.write_text("not a picture")
     with pytest.raises(AppError, match="could not be read as an image"):
         generate(client, "a red circle", init_image=handle_file(str(fake)))
+
+
+COMPARE_OUT = ("status", "col0", "col1", "scrub", "run_ids", "summary")
+
+
+def _pixels(path):
+    with Image.open(path) as picture:
+        return np.asarray(picture.convert("RGB"))
+
+
+def test_two_prompts_start_from_the_same_noise_and_a_is_the_single_run(client):
+    settings = dict(num_inference_steps=8, guidance_scale=2.0, seed=11, scheduler="ddim")
+    job = client.submit("a small red star", "a small green circle", "", settings["num_inference_steps"],
+                        settings["guidance_scale"], settings["seed"], settings["scheduler"], 0, 0, "embedded", "en",
+                        api_name="/text_to_image_compare")
+    final = dict(zip(COMPARE_OUT, job.result()))
+    summary = final["summary"]
+    assert summary["prompt_a"] == "a small red star" and summary["prompt_b"] == "a small green circle"
+    assert len(summary["run_ids"]) == 2 and summary["run_id_a"] == summary["run_ids"][0]
+    single = generate(client, "a small red star", **settings)[1]
+    assert np.array_equal(_pixels(final["col0"]), _pixels(single["gallery"][0]["image"]))
+    assert not np.array_equal(_pixels(final["col0"]), _pixels(final["col1"]))
+    # Both columns replay step by step, and each run id works with the single-run endpoints.
+    status, a, b = client.predict(final["run_ids"], 3, "en", api_name="/text_to_image_compare_scrub")
+    assert "step 3 / 8" in status and a and b
+    status, latent, x0 = client.predict(summary["run_id_b"], 3, "en", api_name="/text_to_image_scrub")
+    assert latent and x0
+
+
+def test_the_guidance_sweep_shows_each_scale_with_a_sentence(client):
+    status, gallery, sentences, summary, run_ids = client.predict(
+        "a large yellow square", "", 6, 2, "ddim", 0, 0, "embedded", "zh-CN",
+        api_name="/text_to_image_guidance_sweep")
+    assert summary["scales"] == [1.0, 2.0, 5.0, 10.0] and len(gallery) == 4
+    assert [item["caption"] for item in gallery] == ["w = 1", "w = 2", "w = 5", "w = 10"]
+    assert sentences.count("**w = ") == 4 and "饱和度" in sentences
+    assert all(0 <= e["saturation"] <= 1 for e in summary["effects"]) and summary["effects"][0]["change"] is None
+
+
+def test_the_latent_path_of_a_run_and_two_other_seeds(client):
+    final = generate(client, "a blue circle", num_inference_steps=6, seed=5)[1]
+    status, plot, summary = client.predict(final["run_id"], 2, "en", api_name="/text_to_image_path")
+    assert summary["seeds"] == [5, 6, 7] and summary["steps"] == [6, 6, 6] and plot
+    assert 0 < summary["explained"][1] <= summary["explained"][0] <= 1
+
+
+def test_attention_maps_of_a_run_per_word(client):
+    final = generate(client, "a large red circle in the center", num_inference_steps=6)[1]
+    assert final["summary"]["attention"] is True
+    status, gallery, summary = client.predict(final["run_id"], 0, "en", api_name="/text_to_image_attention")
+    assert summary["tokens"] == ["a", "large", "red", "circle", "in", "the", "center"] and summary["step"] == 0
+    assert [item["caption"] for item in gallery] == summary["tokens"]
+    status, gallery, summary = client.predict(final["run_id"], 4, "zh-CN", api_name="/text_to_image_attention")
+    assert summary["step"] == 4 and "第 4 / 6 步" in status
+    with pytest.raises(AppError, match="between 0 and 6"):
+        client.predict(final["run_id"], 7, "en", api_name="/text_to_image_attention")

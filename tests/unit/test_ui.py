@@ -148,17 +148,21 @@ def test_app_has_seven_tabs_in_lesson_order_and_named_endpoints(built):
 
     demo, tr = built
     all_tabs = [b for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    tabs = [t for t in all_tabs if not str(t.id).startswith("applications-")]
+    tabs = [t for t in all_tabs if not str(t.id).startswith(("applications-", "t2i-"))]
     assert [t.id for t in tabs] == ["heat", "noising", "lab2d", "sampling", "denoising", "text2image", "applications"]
     for lang in ("en", "zh-CN"):  # each tab's label starts with its place in the course
         assert [tr.text(f"{t.id}.tab", lang).split(" · ")[0] for t in tabs] == ["1", "2", "3", "4", "5", "6", "7"]
     sections = [t.id for t in all_tabs if str(t.id).startswith("applications-")]
     assert sections == [f"applications-{name}" for name, _ in applications.SECTIONS]
     assert {"applications-augment", "applications-inpaint", "applications-superres"} <= set(sections)
+    from diffusion.ui import text2image
+
+    assert [t.id for t in all_tabs if str(t.id).startswith("t2i-")] == [f"t2i-{n}" for n in text2image.SECTIONS]
     api_names = {d.api_name for d in demo.fns.values() if d.api_name}
     assert {"heat_simulate", "forward_noise", "forward_noise_gif", "sample", "sample_stop", "sample_scrub",
             "sample_gif", "sample_compare", "augment_export", "augment_experiment", "inpaint", "inpaint_stop",
-            "inpaint_scrub", "super_resolve", "super_resolve_stop", "super_resolve_scrub"} <= api_names
+            "inpaint_scrub", "super_resolve", "super_resolve_stop", "super_resolve_scrub", "text_to_image_compare",
+            "text_to_image_guidance_sweep", "text_to_image_attention", "text_to_image_path"} <= api_names
 
 
 def test_queue_is_bounded(built):

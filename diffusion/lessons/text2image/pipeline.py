@@ -18,7 +18,10 @@ The run follows the contract of :mod:`diffusion.reverse`, like lesson 4's sample
 scheduler's predicted clean latent ẑ_0 and ε̃), recorded by wrapping the run's own
 scheduler's ``step``; the pipeline's public ``callback_on_step_end`` reports each finished
 step and stops the run when asked (diffusers' interrupt flag). Latents are recorded, not
-pictures: a frame is decoded with the VAE only when someone looks at it.
+pictures: a frame is decoded with the VAE only when someone looks at it. With ``attention``,
+the UNet's cross-attention per prompt word is recorded too (DAAM, :mod:`.attention`).
+A pipeline loaded with its content filter (:mod:`.safety`) has its final pictures checked
+here, and every x̂₀ frame when it is decoded.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from diffusers import AutoPipelineForImage2Image
 from PIL import Image
 
 from diffusion.errors import InputError
+from diffusion.lessons.text2image.attention import AttentionMaps, AttentionRecorder, ensure_installed, recording
 from diffusion.lessons.text2image.request import EMBEDDED, SCHEDULERS, T2IRequest
+from diffusion.lessons.text2image.safety import SafetyFilter, Verdicts, pipe_filter, screen_images, screen_x0
 from diffusion.reverse import Recorder, StepCallback, StepInfo, StopFlag, Trajectory, should_stop
 from diffusion.schedule import display_t
 
@@ -99,17 +104,26 @@ class Generation(Trajectory):
     # x̂₀ of each step already decoded (uint8 strips by step index), for a run whose VAE stayed
     # in a GPU process (ZeroGPU); a step without one shows only its latent.
     x0_pictures: dict[int, np.ndarray] | None = field(default=None, repr=False)
+    # Cross-attention per prompt word, one map per recorded step (a run made with attention=True).
+    attention: AttentionMaps | None = field(default=None, repr=False)
+    # The content filter of a real model (None: none, or it stayed in the GPU process) and what
+    # it said about each picture at each step; the latent view and the summary read the verdicts.
+    content_filter: SafetyFilter | None = field(default=None, repr=False)
+    verdicts: Verdicts | None = field(default=None, repr=False)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the recorded frames and the decoded pictures."""
-        return super().nbytes + sum(p.nbytes for p in (self.x0_pictures or {}).values())
+        """Bytes held by the recorded frames, the decoded pictures and the attention maps."""
+        return super().nbytes + sum(p.nbytes for p in (self.x0_pictures or {}).values()) + \
+            (self.attention.nbytes if self.attention is not None else 0)
 
     def x0_picture(self, info: StepInfo) -> np.ndarray | None:
-        """The decoded x̂₀ of recorded step ``info`` (uint8 strip), or None where it cannot be had."""
+        """The decoded x̂₀ of recorded step ``info`` (uint8 strip, screened by the content filter), or None."""
         if self.x0_pictures is not None:
-            return self.x0_pictures.get(info.step)
-        return to_uint8(self.decoder(info.x0_pred)) if self.decoder is not None else None
+            return self.x0_pictures.get(info.step)  # screened where they were decoded
+        if self.decoder is None:
+            return None
+        return screen_x0(self.content_filter, self.verdicts, info.step, to_uint8(self.decoder(info.x0_pred)))
 
     def summary(self) -> dict[str, Any]:
         """JSON-safe key numbers; ``start_t`` in the lessons' convention (:func:`~diffusion.schedule.display_t`)."""
@@ -120,7 +134,9 @@ class Generation(Trajectory):
                 "batch_size": r.batch_size, "steps_run": len(self), "stopped": self.stopped,
                 "img2img": self.img2img, "strength": r.strength if self.img2img else None,
                 "start_t": None if self.start_t is None else display_t(self.start_t), "device": self.device,
-                "fallback": self.fallback}
+                "fallback": self.fallback, "attention": self.attention is not None,
+                "content_filter": bool(self.verdicts is not None and self.verdicts.enabled),
+                "blocked": self.verdicts.blocked() if self.verdicts is not None else [False] * len(self.images)}
 
 
 class _StepRecorder:
@@ -177,7 +193,7 @@ class _StepRecorder:
 
 def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_image: Image.Image | None = None,
              callback: StepCallback | None = None, stop: StopFlag | None = None,
-             record: bool = True) -> Generation:
+             record: bool = True, attention: bool = False, verdicts: Verdicts | None = None) -> Generation:
     """Run one (validated) request through ``pipe``; see the module docstring.
 
     Args:
@@ -188,9 +204,15 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
         callback: Called after every step with the step's :class:`StepInfo` (CPU latents).
         stop: Polled after every step; True ends the run cleanly.
         record: Keep every step for scrubbing.
+        attention: Record the cross-attention of every step per prompt word (:mod:`.attention`);
+            the result's ``attention`` stays None where the UNet's attention processors are
+            not diffusers' standard ones (recording is unavailable there).
+        verdicts: What the content filter said about this run's previews so far (a new
+            record when None or of another batch size).
 
     Returns:
-        The images (PIL, the VAE's decoding of the last latent) and the recorded run.
+        The images (PIL, the VAE's decoding of the last latent; with ``pipe``'s content filter,
+        blocked ones replaced) and the recorded run.
     """
     if init_image is not None:
         scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
@@ -201,8 +223,11 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
         scheduler = run_pipe.scheduler
     steps = _StepRecorder(scheduler, record)
     stopped = [False]
+    maps = _attention_recorder(pipe, request) if attention else None
 
     def on_step_end(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if maps is not None:
+            maps.end_step()
         latest = steps.recorder.latest
         if callback is not None and latest is not None:
             callback(replace(latest, step=i, total=p.num_timesteps, t=float(t)))
@@ -227,7 +252,7 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
     else:
         arguments.update(width=request.width, height=request.height)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), recording(maps):
         images = run_pipe(**arguments).images
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -235,10 +260,25 @@ def generate(pipe: Any, request: T2IRequest, *, model: str = EMBEDDED, init_imag
 
     vae = pipe.vae
     recorded = steps.recorder.fields()
-    return Generation(**recorded, request=request, model=model, images=list(images), seconds=seconds,
+    content_filter = pipe_filter(pipe)
+    if verdicts is None or verdicts.batch != len(images):
+        verdicts = Verdicts(len(images), enabled=content_filter is not None)
+    images = screen_images(content_filter, verdicts, images)
+    return Generation(**recorded, request=request, model=model, images=images, seconds=seconds,
                       stopped=stopped[0], img2img=init_image is not None,
                       start_t=float(recorded["timesteps"][0]) if len(recorded["timesteps"]) else None,
-                      device=str(device), decoder=lambda z: decode_latents(vae, z))
+                      device=str(device), decoder=lambda z: decode_latents(vae, z),
+                      attention=maps.result() if maps is not None else None,
+                      content_filter=content_filter, verdicts=verdicts)
+
+
+def _attention_recorder(pipe: Any, request: T2IRequest) -> AttentionRecorder | None:
+    """A recorder of ``request``'s cross-attention, or None where the pipeline's UNet cannot record."""
+    unet, tokenizer = getattr(pipe, "unet", None), getattr(pipe, "tokenizer", None)
+    if unet is None or tokenizer is None or not ensure_installed(unet):
+        return None
+    latent = (request.height // pipe.vae_scale_factor, request.width // pipe.vae_scale_factor)
+    return AttentionRecorder(tokenizer, request.prompt, latent, request.batch_size, request.num_inference_steps)
 
 
 def generate_within_memory(pipe: Any, request: T2IRequest, **kwargs: Any) -> Generation:

@@ -1,4 +1,4 @@
-"""Lesson 6 tab: text-to-image through a diffusers pipeline, streamed live and scrubbable.
+"""Lesson 6 tab, its main section: text-to-image through a diffusers pipeline, streamed live and scrubbable.
 
 The run works like lesson 4's, through the same serving layer:
 :func:`diffusion.lessons.text2image.generate` runs as a job of the server's queue
@@ -29,6 +29,7 @@ from diffusion.lessons import text2image as t2i
 from diffusion.models import registry as models
 from diffusion.schedule import display_t
 from diffusion.lessons.text2image import calls as t2i_calls
+from diffusion.lessons.text2image import safety as t2i_safety
 from diffusion.serving import gpu
 from diffusion.serving.jobs import Waiting, request_key
 from diffusion.serving.store import RunStore
@@ -55,9 +56,18 @@ SCHEDULER_LABELS = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "euler_anc
                     "dpm_solver": "DPM-Solver++ 2M", "lcm": "LCM"}
 
 
+def scheduler_choices(suits: t2i.ModelDefaults) -> list[tuple[str, str]]:
+    """The scheduler dropdown's choices for a model: the ones that apply to it."""
+    return [(SCHEDULER_LABELS[s], s) for s in suits.schedulers]
+
+
 def _pictures(generation: Any, info: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """The latent z_t of one recorded step as a picture, and its x̂₀ decoded by the VAE (None if out of reach)."""
-    return t2i.latent_picture(info.x_t), generation.x0_picture(info)
+    """The latent z_t of one recorded step as a picture, and its x̂₀ decoded by the VAE (None if out of reach).
+
+    Both as they may be shown: x̂₀ first, as its check decides whether the latent view is hidden too.
+    """
+    x0 = generation.x0_picture(info)
+    return t2i_safety.screen_latent(generation.verdicts, info.step, t2i.latent_picture(info.x_t)), x0
 
 
 def _player_pictures(generation: Any, info: Any) -> list[np.ndarray]:
@@ -85,7 +95,7 @@ class TextToImageHandlers:
         ref = t2i.resolve_model(choice, embedded, self.extra, self.settings.allow_any_model)
         name = t2i.EMBEDDED if Path(ref) == embedded else ref
         pipe = models.load_text2image(None if name == t2i.EMBEDDED else ref, self.settings.device,
-                                      offline=self.settings.offline)
+                                      offline=self.settings.offline, safety=self.settings.safety_checker)
         return pipe, name
 
     def generate(self, prompt, negative_prompt="", num_inference_steps=DEFAULTS.num_inference_steps,
@@ -113,11 +123,13 @@ class TextToImageHandlers:
             init = hashlib.sha256(start.tobytes()).hexdigest() if start is not None else None
             weights = models.weights_digest(models.T2I if name == t2i.EMBEDDED else name)
             key = request_key("text2image", {**vars(request), "model": name, "init": init,
-                                             "device": self.settings.device}, weights)
+                                             "device": self.settings.device,
+                                             "content_filter": self.settings.safety_checker}, weights)
             work = gpu.GpuWork(t2i_calls.generate, {
                 "ref": None if name == t2i.EMBEDDED else name, "device": self.settings.device,
                 "offline": self.settings.offline, "request": request, "model": name, "init_image": start,
-                "pictures": gpu.on_zero_gpu()}, gpu_s=t2i_calls.gpu_seconds(request), partial=t2i_calls.rebuilt)
+                "pictures": gpu.on_zero_gpu(), "safety": self.settings.safety_checker},
+                gpu_s=t2i_calls.gpu_seconds(request), partial=t2i_calls.rebuilt)
             ticket = self.jobs.submit(
                 "text2image", lambda callback, stop_flag: gpu.execute(work, callback, stop_flag),
                 key=key, client=EXAMPLES_CLIENT if example else client_of(gr_request), capped=not example,
@@ -134,8 +146,12 @@ class TextToImageHandlers:
                     continue
                 text = tr.text("text2image.progress", lang, step=info.step + 1, total=info.total,
                                t=display_t(info.t), seconds=time.perf_counter() - ticket.job.live.started)
-                update = {"status": progress_html((info.step + 1) / info.total, text),
-                          "latent": t2i.latent_picture(info.x_t), "notice": note}
+                blocked = getattr(info, "blocked", ())
+                latent = t2i.latent_picture(info.x_t)
+                if any(blocked):  # a picture whose x̂₀ was blocked: its latent view is hidden too
+                    latent = t2i_safety.replace_pictures(latent, len(blocked), blocked)
+                update = {"status": progress_html((info.step + 1) / info.total, text), "latent": latent,
+                          "notice": note + (" " + tr.text("text2image.blocked", lang) if any(blocked) else "")}
                 if getattr(info, "preview", None) is not None:
                     update["x0"] = info.preview
                 yield update
@@ -154,6 +170,8 @@ class TextToImageHandlers:
         latent, x0 = _pictures(generation, generation.frame(n - 1)) if n else (None, None)
         items = [(np.asarray(im), f"{i + 1}") for i, im in enumerate(generation.images)]
         result = dict(generation.summary(), run_id=new_id, unknown_words=unknown, shared=ticket.shared)
+        if any(result["blocked"]):
+            note = (note + " " + tr.text("text2image.blocked", lang)).strip()
         yield {"status": progress_html(1.0 if not generation.stopped else n / max(total, 1), text),
                "latent": latent, "x0": x0, "scrub": gr.update(interactive=n > 1, maximum=max(n, 2), value=max(n, 1)),
                "gallery": items, "notice": note, "run_id": new_id, "summary": result}
@@ -165,8 +183,8 @@ class TextToImageHandlers:
         info = generation.scrub(step)
         text = self.tr.text("text2image.scrubbed", lang, step=info.step + 1, total=n, t=display_t(info.t),
                             alpha_bar=info.alpha_bar)
-        return {"status": progress_html((info.step + 1) / n, text), "latent": t2i.latent_picture(info.x_t),
-                "x0": generation.x0_picture(info)}
+        latent, x0 = _pictures(generation, info)
+        return {"status": progress_html((info.step + 1) / n, text), "latent": latent, "x0": x0}
 
     def player(self, current_id, lang):
         """The browser player's value for a kept run: z_t and the decoded x̂₀ at up to :data:`PLAYER_FRAMES` steps.
@@ -181,7 +199,8 @@ class TextToImageHandlers:
         decodes = generation.decoder is not None or bool(generation.x0_pictures)
         frames = PLAYERS.get(generation, "frames", lambda: draw_frames(
             generation, (lambda info: _player_pictures(generation, info)) if decodes else (lambda info: [
-                t2i.latent_picture(info.x_t)]), PLAYER_FRAMES, max_side=PLAYER_SIDE, average=(False, True)))
+                t2i_safety.screen_latent(generation.verdicts, info.step, t2i.latent_picture(info.x_t))]),
+            PLAYER_FRAMES, max_side=PLAYER_SIDE, average=(False, True)))
 
         def note(n: int) -> str:
             key = "text2image.player_note" if n < frames.total else "text2image.player_note_all"
@@ -207,14 +226,29 @@ class TextToImageHandlers:
             total=request.num_inference_steps, t=display_t(start["t"]), alpha_bar=a, a=math.sqrt(a),
             b=math.sqrt(1 - a))}
 
+    def model_defaults(self, model, lang):
+        """The settings that suit the chosen model (:func:`~diffusion.lessons.text2image.defaults_for`)."""
+        suits = t2i.defaults_for(model if isinstance(model, str) and model.strip() else t2i.EMBEDDED)
+        sweep = ", ".join(f"{w:g}" for w in suits.sweep)
+        return {"steps": suits.num_inference_steps, "guidance": suits.guidance_scale, "width": suits.side,
+                "height": suits.side, "scheduler": gr.update(choices=scheduler_choices(suits), value=suits.scheduler),
+                "model_note": self.tr.text("text2image.defaults_set", lang, steps=suits.num_inference_steps,
+                                           guidance=suits.guidance_scale, scheduler=SCHEDULER_LABELS[suits.scheduler],
+                                           sweep=sweep)}
+
     @staticmethod
     def stop(current_id) -> None:
         """``/text_to_image_stop``: end the live run after its current step (it stays scrubbable)."""
         RUNS.stop(current_id)
 
 
-def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
-    """Lay out the tab and wire its events to :class:`TextToImageHandlers`."""
+def build_generate(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> dict[str, Any]:
+    """Lay out the main section and wire its events to :class:`TextToImageHandlers`.
+
+    Returns:
+        Its handlers and the components the tab's other sections read (``handlers``,
+        ``model``, ``prompt``, the settings, ``run_id``, ``lang``, ``run_event``).
+    """
     gr.Markdown(tr("text2image.intro"), latex_delimiters=LATEX)
     embedded_ok = models.text2image_available()
     if not embedded_ok:
@@ -226,6 +260,7 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     default_model = extra[0] if extra else (t2i.EMBEDDED if embedded_ok else t2i.SUGGESTED[0])
     handlers = TextToImageHandlers(tr, settings, default_model)
     heavy = settings.model_events()
+    suits = t2i.defaults_for(default_model)
 
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
@@ -234,20 +269,23 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
             prompt = gr.Textbox(DEFAULTS.prompt, label=tr("text2image.prompt"), lines=2, elem_id="t2i-prompt",
                                 max_length=t2i.MAX_PROMPT_CHARS)
             gr.Examples([[e] for e in EXAMPLES], [prompt], label=tr("text2image.examples"))
+            model_note = gr.Markdown(tr("text2image.defaults_note"), elem_id="t2i-defaults-note")
             negative = gr.Textbox("", label=tr("text2image.negative_prompt"), elem_id="t2i-negative",
                                   max_length=t2i.MAX_PROMPT_CHARS)
             with gr.Row():
-                steps = gr.Slider(*t2i.LIMITS["num_inference_steps"], value=DEFAULTS.num_inference_steps, step=1,
+                steps = gr.Slider(*t2i.LIMITS["num_inference_steps"], value=suits.num_inference_steps, step=1,
                                   label=tr("text2image.steps"), elem_id="t2i-steps")
-                guidance = gr.Slider(*t2i.LIMITS["guidance_scale"], value=DEFAULTS.guidance_scale, step=0.5,
+                guidance = gr.Slider(*t2i.LIMITS["guidance_scale"], value=suits.guidance_scale, step=0.5,
                                      label=tr("text2image.guidance"), elem_id="t2i-guidance")
             with gr.Row():
-                scheduler = gr.Dropdown([(SCHEDULER_LABELS[s], s) for s in t2i.SCHEDULERS], value=DEFAULTS.scheduler,
+                # Every scheduler is a valid choice on the server; choosing a model narrows the list shown.
+                scheduler = gr.Dropdown([(SCHEDULER_LABELS[s], s) for s in t2i.SCHEDULERS], value=suits.scheduler,
                                         label=tr("text2image.scheduler"), elem_id="t2i-scheduler")
                 seed = gr.Number(DEFAULTS.seed, precision=0, label=tr("text2image.seed"), elem_id="t2i-seed")
             with gr.Row():
-                width = gr.Slider(0, t2i.MAX_SIDE, value=0, step=8, label=tr("text2image.width"), elem_id="t2i-width")
-                height = gr.Slider(0, t2i.MAX_SIDE, value=0, step=8, label=tr("text2image.height"),
+                width = gr.Slider(0, t2i.MAX_SIDE, value=suits.side, step=8, label=tr("text2image.width"),
+                                  elem_id="t2i-width")
+                height = gr.Slider(0, t2i.MAX_SIDE, value=suits.side, step=8, label=tr("text2image.height"),
                                    elem_id="t2i-height")
             batch = gr.Slider(*t2i.LIMITS["batch_size"], value=DEFAULTS.batch_size, step=1,
                               label=tr("text2image.batch"), elem_id="t2i-batch")
@@ -301,6 +339,11 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
         settings.examples.append(lambda: [handlers.player(list(example("en"))[-1]["run_id"], code)
                                           for code in ("en", "zh-CN")])
     stop.click(handlers.stop, [run_id], None, queue=False, api_name="text_to_image_stop")
+    # Choosing a model sets the settings that suit it; the student can still change each one.
+    suited = dict(steps=steps, guidance=guidance, scheduler=scheduler, width=width, height=height,
+                  model_note=model_note)
+    model.change(bind(guarded(tr)(handlers.model_defaults), suited), [model, lang], list(suited.values()),
+                 js=LANG_JS, api_visibility="private", queue=False, show_progress="hidden")
     scrub.input(bind(guarded(tr)(handlers.replay), scrub_out), [run_id, scrub, lang], list(scrub_out.values()),
                 js=LANG_JS, api_name="text_to_image_scrub", concurrency_id="light", trigger_mode="always_last",
                 show_progress="hidden")
@@ -308,3 +351,6 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     for trigger in (strength.release, steps.release, scheduler.change):
         trigger(explain, [model, scheduler, steps, strength, lang], strength_info, js=LANG_JS,
                 api_visibility="private", concurrency_id="light", show_progress="hidden")
+    return dict(handlers=handlers, model=model, prompt=prompt, negative=negative, steps=steps, guidance=guidance,
+                seed=seed, scheduler=scheduler, width=width, height=height, run_id=run_id, lang=lang, run_event=event,
+                x0=x0)
