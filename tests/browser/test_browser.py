@@ -605,3 +605,63 @@ def test_applications_sections_open_with_examples_and_run(session):
         page.wait_for_timeout(300)
         session.shot(f"7-{name}")
     session.assert_clean()
+
+
+def _label(locale: str, key: str) -> str:
+    import json
+
+    table = json.loads((Path(__file__).resolve().parents[2] / "diffusion" / "ui" / "locales" / f"{locale}.json")
+                       .read_text(encoding="utf-8"))
+    return table[key]
+
+
+def test_text_to_image_looks_inside_a_run(session):
+    """Lesson 6's sections: per-model defaults, attention per word, the latent's path, two prompts, the sweep."""
+    from diffusion.models import registry as models
+
+    if not models.text2image_available():
+        pytest.skip("the embedded text-to-image model is not installed")
+    zh, page, locale = session.locale == "zh-CN", session.page, session.locale
+    session.open_tab(TAB_NAMES[locale][5])
+    session.wait_for_json("t2i-summary", r'"steps_run":30')  # the tab's example, with its attention
+    # Choosing a model sets what suits it (nothing is loaded); choosing the embedded one sets its own back.
+    session.choose("t2i-model", "stabilityai/sd-turbo")
+    page.wait_for_function("() => document.querySelector('#t2i-steps input[type=number]').value === '1'")
+    assert page.locator("#t2i-guidance input[type=number]").input_value() == "0"
+    assert ("1 步" if zh else "1 steps") in page.locator("#t2i-defaults-note").inner_text()
+    session.choose("t2i-model", _label(locale, "text2image.model_embedded"))
+    page.wait_for_function("() => document.querySelector('#t2i-steps input[type=number]').value === '30'")
+    assert page.locator("#t2i-guidance input[type=number]").input_value() == "2"
+    # Attention per word of the example run, summed over steps, then its player.
+    page.get_by_role("tab", name=_label(locale, "text2image.section_attention"), exact=True).click()
+    page.locator("#t2i-attention-run").click()
+    session.wait_for_json("t2i-attention-summary", r'"tokens":\["a","large","red","circle",.*"step":0')
+    assert page.locator("#t2i-attention-gallery img").count() >= 8
+    page.locator("#t2i-attention-player img").first.wait_for()
+    assert page.locator("#t2i-attention-player figure").count() == 4  # the four most focused words, step by step
+    session.set_slider("t2i-attention-step", 5)
+    session.wait_for_json("t2i-attention-summary", r'"step":5')
+    session.shot("text2image-attention")
+    # The latent's path with two more seeds.
+    page.get_by_role("tab", name=_label(locale, "text2image.section_path"), exact=True).click()
+    page.locator("#t2i-path-run").click()
+    session.wait_for_json("t2i-path-summary", r'"seeds":\[0,1,2\]')
+    page.locator("#t2i-path-plot img").wait_for()
+    session.shot("text2image-path")
+    # Two prompts from the same noise.
+    page.get_by_role("tab", name=_label(locale, "text2image.section_compare"), exact=True).click()
+    page.locator("#t2i-compare-run").click()
+    session.wait_for_json("t2i-compare-summary", r'"prompt_b":"alargebluesquareinthecenteronawhitebackground"')
+    page.locator("#t2i-compare-a img").wait_for()
+    page.locator("#t2i-compare-b img").wait_for()
+    session.set_slider("t2i-compare-scrub", 4)
+    page.locator("#t2i-compare-status").get_by_text(re.compile("第 4 / 30 步" if zh else "step 4 / 30")).wait_for()
+    session.shot("text2image-compare")
+    # The guidance sweep: four pictures from the same noise, a sentence each.
+    page.get_by_role("tab", name=_label(locale, "text2image.section_sweep"), exact=True).click()
+    page.locator("#t2i-sweep-run").click()
+    session.wait_for_json("t2i-sweep-summary", r'"scales":\[1(\.0)?,2(\.0)?,5(\.0)?,10(\.0)?\]')
+    assert page.locator("#t2i-sweep-gallery img").count() == 4
+    assert page.locator("#t2i-sweep-sentences").inner_text().count("w = ") == 4
+    session.shot("text2image-sweep")
+    session.assert_clean()

@@ -158,6 +158,25 @@ def test_text_to_image_stop_through_the_gpu_call(zero_gpu):
     assert latent and f"{summary['steps_run']} / {summary['steps_run']}" in status
 
 
+def test_looking_inside_text_to_image_on_zero_gpu(zero_gpu, client):
+    """Two prompts and the guidance sweep are one GPU call each; attention maps and the path cross back."""
+    args = ("a small red star", "a small green circle", "", 6, 2.0, 3, "ddim", 0, 0, "embedded", "en")
+    remote, local = (c.predict(*args, api_name="/text_to_image_compare") for c in (zero_gpu, client))
+    for k in (1, 2):
+        np.testing.assert_array_equal(np.asarray(Image.open(remote[k])), np.asarray(Image.open(local[k])))
+    summary = remote[-1]
+    status, maps, attention = zero_gpu.predict(summary["run_id_a"], 3, "en", api_name="/text_to_image_attention")
+    _, _, local_attention = client.predict(local[-1]["run_id_a"], 3, "en", api_name="/text_to_image_attention")
+    assert attention["tokens"] == local_attention["tokens"] == ["a", "small", "red", "star"]
+    for a, b in zip(maps, client.predict(local[-1]["run_id_a"], 3, "en", api_name="/text_to_image_attention")[1]):
+        np.testing.assert_array_equal(np.asarray(Image.open(a["image"])), np.asarray(Image.open(b["image"])))
+    _, plot, path = zero_gpu.predict(summary["run_id_b"], 1, "en", api_name="/text_to_image_path")
+    assert path["seeds"] == [3, 4] and plot
+    sweep = zero_gpu.predict("a blue circle", "", 4, 0, "ddim", 0, 0, "embedded", "en",
+                             api_name="/text_to_image_guidance_sweep")
+    assert len(sweep[1]) == 4 and not sweep[3]["stopped"]
+
+
 def test_the_other_model_endpoints_on_zero_gpu(zero_gpu, client, tmp_path):
     """Compare and GIF (lesson 4), the zoom (lesson 5) and the 2-D lab, whose tiny MLP stays in the main process."""
     remote = zero_gpu.predict(12, 6, 0.0, 4, 2, "7", 2.0, "en", api_name="/sample_compare")

@@ -187,7 +187,10 @@ class ManyRunHandlers:
         lines = []
         for effect in effects:
             line = tr.text(f"text2image.sweep_{effect.regime}", lang, w=effect.scale)
-            line += " " + tr.text("text2image.sweep_measured", lang, s=effect.saturation, c=effect.contrast)
+            first = effects[0]
+            line += " " + tr.text("text2image.sweep_measured", lang, s=effect.saturation, c=effect.contrast,
+                                  w0=first.scale, ds=effect.saturation - first.saturation,
+                                  dc=effect.contrast - first.contrast)
             if effect.change is not None:
                 line += " " + tr.text("text2image.sweep_change", lang, d=effect.change)
             lines.append(f"- **w = {effect.scale:g}**: {line}")

@@ -31,7 +31,7 @@ from diffusion.ui.text2image.compare import ManyRunHandlers
 from diffusion.ui.text2image.run import PLAYER_FRAMES, PLAYER_SIDE, RUNS
 from diffusion.ui.widgets import LATEX, progress_html
 
-MAX_WORDS_PLAYED = 6  # the player shows the first few words' maps, each as a panel
+MAX_WORDS_PLAYED = 4  # the player shows the maps of the words that attend most locally, each as a panel
 ATTENTION_PLAYERS = RunPlayers(capacity=8)
 MAX_OTHER_SEEDS = MAX_PATHS - 1
 
@@ -48,6 +48,17 @@ def _first(picture: np.ndarray | None, batch: int) -> np.ndarray | None:
     if picture is None:
         return None
     return np.split(picture, batch, axis=1)[0] if batch > 1 and picture.shape[1] % batch == 0 else picture
+
+
+def _focused_words(total: Any, keep: int) -> list[int]:
+    """The ``keep`` words whose summed map is most concentrated (peak ÷ mean), in prompt order.
+
+    Words such as "a" or "the" spread their attention over the whole picture; the player
+    has room for a few panels, so it shows the words that point at a place.
+    """
+    flat = total.flatten(1).float()
+    focus = flat.max(dim=1).values / flat.mean(dim=1).clamp_min(1e-12)
+    return sorted(focus.argsort(descending=True)[:keep].tolist())
 
 
 class InsideHandlers:
@@ -84,12 +95,13 @@ class InsideHandlers:
         maps = getattr(run, "attention", None)
         if run is None or maps is None or maps.steps is None or run.x0_picture(run.frame(0)) is None:
             return {"attention_player": ""}
-        words = list(maps.tokens[:MAX_WORDS_PLAYED])
+        chosen = _focused_words(maps.at(0)[0], MAX_WORDS_PLAYED)
+        words = [maps.tokens[i] for i in chosen]
         batch = run.request.batch_size
 
         def draw(info: Any) -> list[np.ndarray]:
             picture = _first(run.x0_picture(info), batch)
-            drawn = t2i_attention.overlays(picture, maps.at(info.step + 1)[0][:len(words)], words)
+            drawn = t2i_attention.overlays(picture, maps.at(info.step + 1)[0][chosen], words)
             return [p for p, _ in drawn]
         frames = ATTENTION_PLAYERS.get(run, "frames", lambda: draw_frames(
             run, draw, PLAYER_FRAMES, max_side=PLAYER_SIDE // 2, average=(True,) * len(words)))
@@ -154,7 +166,7 @@ def build_attention(tr: Translator, settings: AppSettings, main: dict[str, Any],
     show.click(api_name="text_to_image_attention", **event).success(
         bind(guarded(tr)(handlers.attention_player), {"attention_player": player}), [main["run_id"], main["lang"]],
         [player], js=LANG_JS, api_visibility="private", concurrency_id="light", show_progress="minimal")
-    step.release(api_visibility="private", trigger_mode="always_last", **event)
+    step.input(api_visibility="private", trigger_mode="always_last", **event)
 
 
 def build_path(tr: Translator, settings: AppSettings, main: dict[str, Any], many: ManyRunHandlers) -> None:

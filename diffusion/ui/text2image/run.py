@@ -348,7 +348,7 @@ def build_generate(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> di
                 js=LANG_JS, api_name="text_to_image_scrub", concurrency_id="light", trigger_mode="always_last",
                 show_progress="hidden")
     explain = bind(guarded(tr)(handlers.explain_strength), {"strength_info": strength_info})
-    for trigger in (strength.release, steps.release, scheduler.change):
+    for trigger in (strength.release, steps.release, scheduler.input):  # a student's change, not a model's defaults
         trigger(explain, [model, scheduler, steps, strength, lang], strength_info, js=LANG_JS,
                 api_visibility="private", concurrency_id="light", show_progress="hidden")
     return dict(handlers=handlers, model=model, prompt=prompt, negative=negative, steps=steps, guidance=guidance,
