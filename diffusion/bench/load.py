@@ -123,11 +123,15 @@ def actions(example: str) -> dict[str, tuple[float, dict[str, Any]]]:
                                zoom_size=32, lang="en")),
         "text_to_image": (0.06, dict(prompt="a small red circle at the top left on a white background",
                                      num_inference_steps=20)),
+        "text_to_image_compare": (0.02, dict(prompt_a="a small red circle", prompt_b="a small blue square",
+                                             num_inference_steps=10)),
+        "text_to_image_guidance_sweep": (0.02, dict(prompt="a large yellow star", num_inference_steps=10)),
         "lab2d_train": (0.05, dict(dataset="moons", n_points=1000, seed=0, train_steps=1000, hidden=128, depth=3,
                                    learning_rate=0.003, schedule="linear", text="", lang="en")),
     }
     if not models.text2image_available():  # offline, the other text-to-image models cannot load
-        del mix["text_to_image"]
+        for name in [n for n in mix if n.startswith("text_to_image")]:
+            del mix[name]
     return mix
 
 
@@ -166,7 +170,8 @@ def connect(url: str) -> Iterator[tuple[Any, Any]]:
         client.close()
 
 
-def _one_request(client: Any, http: Any, name: str, kwargs: dict[str, Any], stats: Stats) -> None:
+def _one_request(client: Any, http: Any, name: str, kwargs: dict[str, Any], stats: Stats) -> Any:
+    """Send one request, wait for it and fetch its files; returns the answer (None if it failed)."""
     from gradio_client.utils import Status
 
     start = time.perf_counter()
@@ -178,10 +183,13 @@ def _one_request(client: Any, http: Any, name: str, kwargs: dict[str, Any], stat
             if waited is None and code in (Status.PROCESSING, Status.ITERATING, Status.PROGRESS, Status.FINISHED):
                 waited = time.perf_counter() - start
             time.sleep(0.05)
-        fetch_files(http, job.result())
+        answer = job.result()
+        fetch_files(http, answer)
         stats.add(name, time.perf_counter() - start, waited, None)
+        return answer
     except Exception as error:  # noqa: BLE001 - every failure is counted and shown
         stats.add(name, time.perf_counter() - start, None, f"{type(error).__name__}: {str(error)[:120]}")
+        return None
 
 
 def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, tuple[float, dict]],
@@ -207,14 +215,23 @@ def student(url: str, seed: int, deadline: float, stats: Stats, mix: dict[str, t
                 _one_request(client, http, name, kwargs, stats)
                 twin.join()
             else:
-                _one_request(client, http, name, kwargs, stats)
+                answer = _one_request(client, http, name, kwargs, stats)
+                if name == "text_to_image" and answer is not None and rng.random() < 0.5:
+                    # Looking inside the picture just made: its attention per word, or its latent's path.
+                    run_id = answer[6]
+                    inside = rng.choice((("text_to_image_attention", dict(run_id=run_id, step=0, lang="en")),
+                                         ("text_to_image_path", dict(run_id=run_id, other_seeds=1, lang="en"))))
+                    _one_request(client, http, *inside, stats)
             time.sleep(rng.uniform(*think))  # looking at the result, moving a slider
 
 
 def run_load(students: int, seconds: float, url: str | None = None, extra: list[str] | None = None,
              think: tuple[float, float] = (3.0, 12.0), new_noising_seed: bool = False,
-             arrive_within: float = ARRIVE_WITHIN_S) -> dict[str, Any]:
+             arrive_within: float = ARRIVE_WITHIN_S, only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run the classroom; returns the figures (also used by the test suite's small version).
+
+    ``only`` keeps just those endpoints of the mix (their shares renormalised), e.g. to load
+    one lesson's new endpoints.
 
     Students arrive one after another, evenly spread over ``arrive_within`` seconds;
     latencies are reported for all requests, and split into those that started while
@@ -246,6 +263,12 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     watcher.start()
     stats = Stats()
     mix = actions(_example())
+    health = mix["heat_simulate"][1]  # the request that shows the server still answers afterwards
+    if only:
+        unknown = set(only) - set(mix)
+        if unknown:
+            raise ValueError(f"not in the mix: {sorted(unknown)}")
+        mix = {name: mix[name] for name in only}
     cpu_before = (_cpu_seconds(server), _cpu_seconds(me, family=False))
     start = time.monotonic()
     deadline = start + seconds
@@ -264,7 +287,7 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     # The server still answers a fresh request after the rush.
     after = Stats()
     with connect(url) as (client, http):
-        _one_request(client, http, "heat_simulate", mix["heat_simulate"][1], after)
+        _one_request(client, http, "heat_simulate", health, after)
     done.set()
     if process is not None:
         process.terminate()
@@ -279,7 +302,8 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
                               "peak_rss_mb": round(peak[0] / 2**20, 1) if peak[0] else None,
                               "healthy_after": not after.failed, "cpu_cores_busy": cpu}
     settled = start + arrive_within  # the last student is in
-    for name in mix:
+    followed = sorted((set(stats.latency) | set(stats.failed)) - set(mix))  # looks inside a picture just made
+    for name in [*mix, *followed]:
         lat, queue = stats.latency.get(name, []), stats.queue.get(name, [])
         arriving = [x for x, t0 in zip(lat, stats.started.get(name, [])) if t0 < settled]
         after = [x for x, t0 in zip(lat, stats.started.get(name, [])) if t0 >= settled]
@@ -292,8 +316,9 @@ def run_load(students: int, seconds: float, url: str | None = None, extra: list[
     total = sum(e["completed"] for e in report["endpoints"].values())
     failed = sum(e["failed"] for e in report["endpoints"].values())
     report.update(completed=total, failed=failed,
-                  light_p95_s=max((report["endpoints"][n]["p95_s"] or 0.0) for n in LIGHT),
-                  light_after_p95_s=max((report["endpoints"][n]["after_p95_s"] or 0.0) for n in LIGHT))
+                  light_p95_s=max(((report["endpoints"][n]["p95_s"] or 0.0) for n in LIGHT if n in mix), default=None),
+                  light_after_p95_s=max(((report["endpoints"][n]["after_p95_s"] or 0.0) for n in LIGHT if n in mix),
+                                        default=None))
     return report
 
 
@@ -356,7 +381,8 @@ def run(args: argparse.Namespace) -> int:
               "other people's servers", file=sys.stderr)
         return 2
     report = run_load(args.students, args.seconds, args.url, think=(args.think_min, args.think_max),
-                      new_noising_seed=args.noising_new_seed, arrive_within=args.arrive_within)
+                      new_noising_seed=args.noising_new_seed, arrive_within=args.arrive_within,
+                      only=tuple(args.only) if args.only else None)
     print_report(report)
     if args.out:
         import json
@@ -380,5 +406,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
                         help="every noising request with a new seed, so each one builds a new noise chain "
                              "(the worst case; default: each student keeps one seed and drags t)")
     parser.add_argument("--url", help="an app that is already running on this machine (default: start one)")
+    parser.add_argument("--only", nargs="+", metavar="ENDPOINT",
+                        help="keep only these endpoints of the mix (e.g. text_to_image text_to_image_compare)")
     parser.add_argument("--out", help="write the JSON report here")
     parser.set_defaults(func=run)
