@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -45,6 +46,7 @@ def _gpu_call(fn, kwargs, gpu_s, partial, callback, stop):
     return gpu.execute(gpu.GpuWork(fn, kwargs, gpu_s=gpu_s, partial=partial), callback, stop)
 
 PATH_FRAMES = 5  # multi-step frames shown
+GALLERY_INTERVAL_S = 0.5  # the gallery grows while the methods run, at most this often
 RESULTS_BYTES = 400 * 1024 * 1024  # finished comparisons kept for the zoom view
 # First guesses of each method's seconds per 100,000 pixels (per step for multi-step) on a
 # 2-core CPU; the job queue corrects them by the runs it measures.
@@ -221,7 +223,7 @@ class DenoisingHandlers:
                "gallery": gallery_items, "table": _table(tr, lang, noisy, []), "path": [], "run_id": ""}
         ticket = self.submit(chosen, prepared, denoiser, steps, eta, seed, color,
                              EXAMPLES_CLIENT if example else client_of(request), capped=not example)
-        shown = 0
+        shown, sent = 0, time.monotonic()
         try:
             for update in ticket.updates(heartbeat=True):
                 if isinstance(update, Waiting):
@@ -238,8 +240,10 @@ class DenoisingHandlers:
                                                   n=update.inner.total)
                             fraction += (update.inner.step + 1) / update.inner.total / len(chosen)
                         answer["status"] = progress_html(fraction, text)
-                    if len(update.done) > shown:  # a method finished: show it at once
-                        shown = len(update.done)
+                    # A method finished: show it, at most every GALLERY_INTERVAL_S (each gallery update
+                    # encodes every picture in it again; the final answer shows them all anyway).
+                    if len(update.done) > shown and time.monotonic() - sent >= GALLERY_INTERVAL_S:
+                        shown, sent = len(update.done), time.monotonic()
                         answer.update(gallery=gallery_items + [(_display(r.image), caption(tr, lang, r))
                                                                for r in update.done],
                                       table=_table(tr, lang, noisy, update.done))

@@ -266,6 +266,30 @@ def test_a_cached_output_picture_is_never_rewritten_in_place(tmp_path):
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
 
 
+def test_output_pictures_are_encoded_once_and_stay_lossless(tmp_path, monkeypatch):
+    """A streaming handler sends the same picture with every update: it is encoded the first time only."""
+    import numpy as np
+    from gradio import processing_utils
+    from PIL import Image
+
+    patches.publish_cached_images_atomically()
+    saves = []
+    original = Image.Image.save
+    monkeypatch.setattr(Image.Image, "save", lambda self, *a, **k: saves.append(1) or original(self, *a, **k))
+    picture = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    first = processing_utils.save_img_array_to_cache(picture, str(tmp_path), format="png")
+    again = processing_utils.save_img_array_to_cache(picture.copy(), str(tmp_path), format="png")
+    assert again == first and len(saves) == 1
+    np.testing.assert_array_equal(np.asarray(Image.open(first)), picture)
+    changed = picture.copy()
+    changed[0, 0, 0] ^= 1  # one bit: another picture, another file
+    assert processing_utils.save_img_array_to_cache(changed, str(tmp_path), format="png") != first
+    assert len(saves) == 2
+    Path(first).unlink()  # gradio's cache clean-up removed it: it is written again
+    assert Path(processing_utils.save_img_array_to_cache(picture, str(tmp_path), format="png")).exists()
+    assert len(saves) == 3
+
+
 def test_picture_files_encode_each_picture_once_and_delete_what_they_drop():
     import numpy as np
     from PIL import Image
