@@ -172,4 +172,4 @@ def test_each_model_gets_the_settings_its_card_recommends(tabs):
     chosen = main.model_defaults("stabilityai/sd-turbo", "zh-CN")
     assert chosen["steps"] == 1 and chosen["guidance"] == 0.0 and chosen["width"] == 512
     assert [c[1] for c in chosen["scheduler"]["choices"]] == list(turbo.schedulers)
-    assert "1 步" in chosen["model_note"]
+    assert "步数 1，" in chosen["model_note"]
