@@ -173,3 +173,22 @@ def test_each_model_gets_the_settings_its_card_recommends(tabs):
     assert chosen["steps"] == 1 and chosen["guidance"] == 0.0 and chosen["width"] == 512
     assert [c[1] for c in chosen["scheduler"]["choices"]] == list(turbo.schedulers)
     assert "步数 1，" in chosen["model_note"]
+
+
+def test_no_attention_map_is_drawn_over_a_blocked_picture(tabs):
+    from diffusion.lessons.text2image.safety import Verdicts, blocked_picture
+    from diffusion.ui.text2image.run import RUNS
+
+    main, _, inside = tabs
+    run_id = _generated(main, "a red circle")["run_id"]
+    run = RUNS.get(run_id)
+    shown = inside.attention(run_id, 0, "en")["attention_gallery"]
+    assert not np.array_equal(shown[0][0], blocked_picture(64, 64))
+    run.verdicts = Verdicts(1, enabled=True)
+    run.verdicts.add(2, [True])  # the filter blocked x̂₀ at step 3: every view from then on is hidden
+    for step in (0, 3, STEPS):
+        items = inside.attention(run_id, step, "en")["attention_gallery"]
+        assert [w for _, w in items] == ["a", "red", "circle"]
+        assert all(np.array_equal(p, blocked_picture(64, 64)) for p, _ in items)
+    before = inside.attention(run_id, 2, "en")["attention_gallery"]
+    assert not any(np.array_equal(p, blocked_picture(64, 64)) for p, _ in before)

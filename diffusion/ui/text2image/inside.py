@@ -21,6 +21,7 @@ import numpy as np
 
 from diffusion.errors import InputError, check_range
 from diffusion.lessons.text2image import attention as t2i_attention
+from diffusion.lessons.text2image.safety import blocked_picture
 from diffusion.lessons.text2image.inside import MAX_PATHS, PATH_TEXT, path_latents, plot_path, project
 from diffusion.ui.handlers import bind, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, normalize_lang
@@ -41,6 +42,22 @@ def _shown_picture(run: Any, step: int) -> np.ndarray | None:
     if step == 0:
         return np.asarray(run.images[0]) if run.images else None
     return run.x0_picture(run.frame(step - 1))
+
+
+def _hidden(run: Any, step: int) -> bool:
+    """Whether the content filter blocked the first picture by ``step`` (0-based; -1: the final picture).
+
+    A map over a blocked picture is not shown either: where the words look outlines the picture.
+    """
+    verdicts = getattr(run, "verdicts", None)
+    return bool(verdicts is not None and verdicts.blocked_at(len(run) if step < 0 else step)[0])
+
+
+def _over(picture: np.ndarray, maps: Any, words: list[str], hidden: bool) -> list[tuple[np.ndarray, str]]:
+    """One picture per word: the map over the picture, or the filter's sign where the picture was blocked."""
+    if hidden:
+        return [(blocked_picture(*picture.shape[:2]), word) for word in words]
+    return t2i_attention.overlays(picture, maps, words)
 
 
 def _first(picture: np.ndarray | None, batch: int) -> np.ndarray | None:
@@ -81,8 +98,7 @@ class InsideHandlers:
         picture = _first(_shown_picture(run, step), run.request.batch_size)
         if picture is None:
             raise InputError("t2i_no_picture", "This run has no picture to draw the maps over.")
-        per_word = maps.at(step)[0]
-        items = t2i_attention.overlays(picture, per_word, maps.tokens)
+        items = _over(picture, maps.at(step)[0], list(maps.tokens), _hidden(run, step - 1))
         key = "text2image.attention_all" if step == 0 else "text2image.attention_step"
         text = self.tr.text(key, lang, step=step, total=len(run), n=len(maps.tokens))
         return {"attention_status": progress_html(1.0, text), "attention_gallery": items,
@@ -101,7 +117,7 @@ class InsideHandlers:
 
         def draw(info: Any) -> list[np.ndarray]:
             picture = _first(run.x0_picture(info), batch)
-            drawn = t2i_attention.overlays(picture, maps.at(info.step + 1)[0][chosen], words)
+            drawn = _over(picture, maps.at(info.step + 1)[0][chosen], words, _hidden(run, info.step))
             return [p for p, _ in drawn]
         frames = ATTENTION_PLAYERS.get(run, "frames", lambda: draw_frames(
             run, draw, PLAYER_FRAMES, max_side=PLAYER_SIDE // 2, average=(True,) * len(words)))
