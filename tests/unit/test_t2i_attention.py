@@ -219,7 +219,16 @@ def test_guidance_records_only_the_conditional_half(pipe):
     assert (unconditional - guided.attention.at(1)).abs().max() > 5e-3
 
 
-def test_two_threads_recording_at_once_keep_their_own_maps(pipe):
+@pytest.fixture
+def one_thread():
+    """One torch thread: runs side by side then split no reduction differently than alone (same pixels)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_threads_recording_at_once_keep_their_own_maps(pipe, one_thread):
     prompts = ["a red circle", "a blue square on a white background"]
     alone = [t2i.generate(pipe, _request(prompt=p, num_inference_steps=5), attention=True) for p in prompts]
     plain = t2i.generate(pipe, _request(prompt="a white square", num_inference_steps=5))
