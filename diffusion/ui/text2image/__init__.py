@@ -23,15 +23,16 @@ def build(tr: Translator, settings: AppSettings, demo: gr.Blocks) -> None:
     """The main section, then one sub-tab per section of :data:`SECTIONS`."""
     main = build_generate(tr, settings, demo)
     many = compare.ManyRunHandlers(main["handlers"])
+    looking = inside.InsideHandlers(many)
     with gr.Tabs(elem_id="t2i-sections"):
         with gr.Tab(tr("text2image.section_compare"), id="t2i-compare", elem_id="t2i-section-compare"):
-            compare.build_compare(tr, settings, main)
+            compare.build_compare(tr, settings, main, many)
         with gr.Tab(tr("text2image.section_sweep"), id="t2i-sweep", elem_id="t2i-section-sweep"):
-            compare.build_sweep(tr, settings, main)
+            compare.build_sweep(tr, settings, main, many)
         with gr.Tab(tr("text2image.section_attention"), id="t2i-attention", elem_id="t2i-section-attention"):
-            inside.build_attention(tr, settings, main, many)
+            inside.build_attention(tr, settings, main, looking)
         with gr.Tab(tr("text2image.section_path"), id="t2i-path", elem_id="t2i-section-path"):
-            inside.build_path(tr, settings, main, many)
+            inside.build_path(tr, settings, main, looking)
 
 
 __all__ = ["RUNS", "SECTIONS", "TextToImageHandlers", "build"]

@@ -179,7 +179,8 @@ class ManyRunHandlers:
             previews = {int(k[3:]): v for k, v in update.items() if k.startswith("col")}
             if previews:
                 shown.update(previews)
-                update = {"status": update["status"], "gallery": [(shown[c], f"w = {scales[c]:g}") for c in sorted(shown)]}
+                update = {"status": update["status"],
+                          "gallery": [(shown[c], f"w = {scales[c]:g}") for c in sorted(shown)]}
             if update:
                 yield update
         pictures = [np.asarray(run.images[0]) for run in runs if run.images]
@@ -216,9 +217,8 @@ class ManyRunHandlers:
             RUNS.stop(run_ids.split(",")[0])
 
 
-def build_compare(tr: Translator, settings: AppSettings, main: dict[str, Any]) -> None:
+def build_compare(tr: Translator, settings: AppSettings, main: dict[str, Any], handlers: ManyRunHandlers) -> None:
     """The two-prompts section: prompt B, Compare and Stop, both columns, one step slider."""
-    handlers = ManyRunHandlers(main["handlers"])
     gr.Markdown(tr("text2image.compare_intro"), latex_delimiters=LATEX)
     with gr.Row():
         prompt_b = gr.Textbox(PROMPT_B, label=tr("text2image.prompt_b"), lines=1, elem_id="t2i-prompt-b",
@@ -248,9 +248,8 @@ def build_compare(tr: Translator, settings: AppSettings, main: dict[str, Any]) -
                 trigger_mode="always_last", show_progress="hidden")
 
 
-def build_sweep(tr: Translator, settings: AppSettings, main: dict[str, Any]) -> None:
+def build_sweep(tr: Translator, settings: AppSettings, main: dict[str, Any], handlers: ManyRunHandlers) -> None:
     """The guidance-sweep section: one button, the pictures side by side, a sentence per scale."""
-    handlers = ManyRunHandlers(main["handlers"])
     gr.Markdown(tr("text2image.sweep_intro"), latex_delimiters=LATEX)
     with gr.Row():
         run = gr.Button(tr("text2image.sweep_run"), variant="primary", elem_id="t2i-sweep-run")

@@ -21,7 +21,7 @@ import numpy as np
 
 from diffusion.errors import InputError, check_range
 from diffusion.lessons.text2image import attention as t2i_attention
-from diffusion.lessons.text2image.safety import blocked_picture
+from diffusion.lessons.text2image.safety import blocked_picture, split_strip
 from diffusion.lessons.text2image.inside import MAX_PATHS, PATH_TEXT, path_latents, plot_path, project
 from diffusion.ui.handlers import bind, guarded
 from diffusion.ui.i18n import LANG_JS, Translator, normalize_lang
@@ -61,10 +61,8 @@ def _over(picture: np.ndarray, maps: Any, words: list[str], hidden: bool) -> lis
 
 
 def _first(picture: np.ndarray | None, batch: int) -> np.ndarray | None:
-    """The first picture of a strip of ``batch`` pictures."""
-    if picture is None:
-        return None
-    return np.split(picture, batch, axis=1)[0] if batch > 1 and picture.shape[1] % batch == 0 else picture
+    """The first picture of a strip of ``batch`` pictures (None stays None)."""
+    return None if picture is None else split_strip(picture, batch)[0]
 
 
 def _focused_words(total: Any, keep: int) -> list[int]:
@@ -162,9 +160,8 @@ class InsideHandlers:
                                 "steps": [len(p) - 1 for p in paths], "shared": shared}}
 
 
-def build_attention(tr: Translator, settings: AppSettings, main: dict[str, Any], many: ManyRunHandlers) -> None:
+def build_attention(tr: Translator, settings: AppSettings, main: dict[str, Any], handlers: InsideHandlers) -> None:
     """The attention section: a step slider (0 = all steps), one map per word, the player."""
-    handlers = InsideHandlers(many)
     gr.Markdown(tr("text2image.attention_intro"), latex_delimiters=LATEX)
     with gr.Row():
         step = gr.Slider(0, 100, value=0, step=1, label=tr("text2image.attention_step_slider"),
@@ -185,9 +182,8 @@ def build_attention(tr: Translator, settings: AppSettings, main: dict[str, Any],
     step.input(api_visibility="private", trigger_mode="always_last", **event)
 
 
-def build_path(tr: Translator, settings: AppSettings, main: dict[str, Any], many: ManyRunHandlers) -> None:
+def build_path(tr: Translator, settings: AppSettings, main: dict[str, Any], handlers: InsideHandlers) -> None:
     """The latent-path section: other seeds, one button, the map."""
-    handlers = InsideHandlers(many)
     gr.Markdown(tr("text2image.path_intro"), latex_delimiters=LATEX)
     with gr.Row():
         seeds = gr.Slider(0, MAX_OTHER_SEEDS, value=2, step=1, label=tr("text2image.path_seeds"),
