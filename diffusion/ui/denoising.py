@@ -268,7 +268,8 @@ class DenoisingHandlers:
         yield {"status": progress_html(1.0, done),
                "notice": notice_text(), "gallery": gallery_items, "table": _table(tr, lang, noisy, results),
                "zoom": self.zoom_plot(finished, zoom, lang), "path": path_items(tr, lang, multi) if multi else [],
-               "run_id": new_id, "summary": {**summary(prepared.sigma, prepared.sigma_estimated, results, noisy),
+               "run_id": new_id, "summary": {**summary(prepared.sigma, prepared.sigma_estimated, results, noisy,
+                                                       prepared.sigma_stderr),
                                              "shared": ticket.shared, "stopped": ticket.result.stopped}}
 
     def rezoom(self, run_id, zoom_x, zoom_y, zoom_size, lang):

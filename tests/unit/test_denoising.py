@@ -198,7 +198,7 @@ def test_noise_is_seeded_and_scores_are_those_of_the_returned_pixels(tiny_denois
         assert r.psnr == pytest.approx(peak_signal_noise_ratio(clean, r.image, data_range=255))
         assert r.seconds >= 0 and r.cpu_seconds >= 0
     out = summary(20, 19.5, results)
-    assert set(out) == {"sigma", "sigma_estimated", "methods"}
+    assert set(out) == {"sigma", "sigma_estimated", "sigma_stderr", "methods"}
     assert "one_step" in next(iter(out["methods"]))
     assert out["methods"]["gaussian_heat"]["diffusion_time_px2"] == pytest.approx(classical.heat_time(20)[1], abs=1e-3)
     with pytest.raises(ValueError):

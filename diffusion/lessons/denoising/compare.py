@@ -135,8 +135,8 @@ def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndar
 
 
 def summary(sigma_255: float, sigma_estimated: float | None, results: list[MethodResult],
-            noisy: MethodResult | None = None) -> dict:
-    """The JSON summary: ``sigma``, ``sigma_estimated`` and ``methods: {name: {psnr, ssim, seconds}}``."""
+            noisy: MethodResult | None = None, sigma_stderr: float | None = None) -> dict:
+    """The JSON summary: ``sigma``, ``sigma_estimated``, ``sigma_stderr`` and ``methods: {name: {psnr, ssim, seconds}}``."""
     def entry(r: MethodResult) -> dict:
         return {"psnr": None if r.psnr is None else round(r.psnr, 3),
                 "ssim": None if r.ssim is None else round(r.ssim, 4),
@@ -144,6 +144,7 @@ def summary(sigma_255: float, sigma_estimated: float | None, results: list[Metho
 
     out = {"sigma": round(float(sigma_255), 3),
            "sigma_estimated": None if sigma_estimated is None else round(float(sigma_estimated), 3),
+           "sigma_stderr": None if sigma_stderr is None else round(float(sigma_stderr), 3),
            "methods": {r.name: entry(r) for r in results}}
     if noisy is not None:
         out["noisy"] = {"psnr": noisy.psnr and round(noisy.psnr, 3), "ssim": noisy.ssim and round(noisy.ssim, 4)}

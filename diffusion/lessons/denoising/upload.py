@@ -15,7 +15,7 @@ import numpy as np
 
 from diffusion import images
 from diffusion.errors import InputError, check_choice, check_range
-from diffusion.lessons.denoising import classical
+from diffusion.lessons.denoising import classical, noise_level
 from diffusion.lessons.denoising.compare import METHODS, add_noise
 from diffusion.lessons.denoising.denoiser import DEFAULT_COLOR
 
@@ -39,6 +39,7 @@ class Prepared:
     noisy: np.ndarray  # [0, 1] floats, what every method receives
     sigma: float  # the σ the methods assume (0–255 scale)
     sigma_estimated: float
+    sigma_stderr: float | None = None  # the estimate's jackknife standard error (None: the wavelet rule ran)
     notices: list[tuple[str, dict]] = field(default_factory=list)
 
 
@@ -78,6 +79,20 @@ def load_upload(path: Any, max_side: int, crop: bool) -> tuple[np.ndarray, list[
     return clean, notices
 
 
+def estimate_sigma(noisy: np.ndarray) -> tuple[float, float | None, str]:
+    """σ̂, its standard error and how it reads as text ("24.6 ± 0.3").
+
+    The patch estimate of :mod:`~diffusion.lessons.denoising.noise_level`; a picture too
+    small for its patch covariance gets the wavelet rule, which has no standard error.
+    """
+    try:
+        found = noise_level.estimate(noisy)
+    except ValueError:
+        sigma = classical.estimate_noise(noisy)
+        return sigma, None, f"{sigma:.1f}"
+    return found.sigma, found.stderr, f"{found.sigma:.1f} ± {found.stderr:.1f}"
+
+
 def prepare(path: Any, sigma: Any, seed: Any, sigma_override: Any, max_side: Any) -> Prepared:
     """Validate the inputs, load the upload and make the noisy image every method receives."""
     sigma = check_range("sigma", sigma, *LIMITS["sigma"])
@@ -88,23 +103,23 @@ def prepare(path: Any, sigma: Any, seed: Any, sigma_override: Any, max_side: Any
     pixels, notices = load_upload(path, max_side, crop=not synthetic)
     if synthetic:
         noisy = add_noise(pixels, sigma, seed, quantise=True)
-        estimate = classical.estimate_noise(noisy)
-        notices.insert(0, ("denoising.synthetic", {"sigma": sigma, "seed": seed, "estimate": estimate}))
-        return Prepared(pixels, noisy, sigma, estimate, notices)
+        estimate, stderr, text = estimate_sigma(noisy)
+        notices.insert(0, ("denoising.synthetic", {"sigma": sigma, "seed": seed, "estimate": text}))
+        return Prepared(pixels, noisy, sigma, estimate, stderr, notices)
     noisy = pixels.astype(np.float64) / 255.0
-    estimate = classical.estimate_noise(noisy)
+    estimate, stderr, text = estimate_sigma(noisy)
     used = sigma_override if sigma_override > 0 else estimate
     if used > LIMITS["sigma"][1]:
         used = float(LIMITS["sigma"][1])
         notices.append(("denoising.clamped", {"sigma": used}))
     if sigma_override > 0:
-        notices.insert(0, ("denoising.override", {"estimate": estimate, "sigma": used}))
+        notices.insert(0, ("denoising.override", {"estimate": text, "sigma": used}))
     else:
-        notices.insert(0, ("denoising.estimated", {"estimate": estimate}))
+        notices.insert(0, ("denoising.estimated", {"estimate": text}))
         if estimate < CLEAN_LOOKING_SIGMA:
-            notices.append(("denoising.clean_looking", {"estimate": estimate}))
+            notices.append(("denoising.clean_looking", {"estimate": text}))
     notices.append(("denoising.no_truth", {}))
-    return Prepared(None, noisy, used, estimate, notices)
+    return Prepared(None, noisy, used, estimate, stderr, notices)
 
 
 def check_methods(methods: Any) -> list[str]:
