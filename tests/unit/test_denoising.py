@@ -127,6 +127,39 @@ def test_one_step_matches_tweedie_per_plane(tiny_denoiser, levels):
     np.testing.assert_array_equal(tiny_denoiser.one_step(noisy, 0), noisy)
 
 
+def test_multi_step_takes_its_first_pass_from_the_one_step_method(scheduler):
+    torch.manual_seed(0)
+    unet = build_denoiser_unet((8, 16), layers_per_block=1, unshuffle=2, sample_size=16)
+    calls = []
+    unet.register_forward_hook(lambda module, args, output: calls.append(1))
+    warm = DiffusionDenoiser(unet, dict(scheduler.config), precision="fp32")
+    cold = DiffusionDenoiser(unet, dict(scheduler.config), precision="fp32")
+    clean = np.random.default_rng(5).integers(0, 256, (24, 20, 3)).astype(np.uint8)
+    noisy = add_noise(clean, 25, seed=1)
+    warm.one_step(noisy, 25)
+    assert len(calls) == 1
+    shared = warm.multi_step(noisy, 25, steps=3)
+    assert len(calls) == 3 and shared.reused_passes == 1  # 3 steps, 2 passes computed
+    alone = cold.multi_step(noisy, 25, steps=3)  # a fresh denoiser computes all three
+    assert len(calls) == 6 and alone.reused_passes == 0
+    np.testing.assert_array_equal(shared.image, alone.image)
+    np.testing.assert_array_equal(shared.x0_pred[0], alone.x0_pred[0])
+    assert warm.multi_step(noisy, 26, steps=3).reused_passes == 0  # another σ: another first pass
+    assert warm.multi_step(noisy, 25, steps=3, color="rgb").reused_passes == 0  # other planes too
+
+
+def test_the_remembered_first_passes_are_bounded(tiny_denoiser, monkeypatch):
+    from diffusion.lessons.denoising import denoiser as module
+    monkeypatch.setattr(module, "FIRST_PASSES", 3)
+    clean = np.random.default_rng(6).integers(0, 256, (16, 16, 1)).astype(np.uint8)
+    for sigma in range(10, 20):
+        tiny_denoiser.one_step(add_noise(clean, sigma, seed=0), sigma)
+    assert len(tiny_denoiser._first_passes) == 3
+    monkeypatch.setattr(module, "FIRST_PASS_BYTES", 16 * 16 * 4 * 2)  # two planes' worth of bytes
+    tiny_denoiser.one_step(add_noise(clean, 21, seed=0), 21)
+    assert len(tiny_denoiser._first_passes) == 2
+
+
 def test_opponent_planes_keep_independent_noise_and_invert_exactly():
     rng = np.random.default_rng(5)
     image = rng.uniform(0, 1, (40, 30, 3))

@@ -113,7 +113,7 @@ def run_method(name: str, noisy: np.ndarray, sigma_255: float, *, clean: np.ndar
         run = denoiser.multi_step(noisy, sigma_255, steps=steps, eta=eta, seed=seed, color=color,
                                  callback=callback, stop=stop)
         out = run.image
-        details.update(steps=steps, eta=eta)
+        details.update(steps=steps, eta=eta, reused_passes=run.reused_passes)
     elif name == "gaussian_heat":
         std, diffusion_time = classical.heat_time(sigma_255)
         out = classical.gaussian_heat(noisy, sigma_255)
