@@ -331,15 +331,17 @@ def test_on_the_embedded_model_circle_looks_where_the_circle_is(embedded):
     centre = t2i.generate(embedded, _embedded_request("a large red circle in the center on a white background"),
                           attention=True)
     maps = centre.attention
-    assert len(maps.layers) == 7 and maps.steps.shape == (30, 1, 11, 8, 8)
+    side = 64 // embedded.vae_scale_factor  # the latent's side
+    assert len(maps.layers) == 7 and maps.steps.shape == (30, 1, 11, side, side)
     circle = maps.at(0)[0, maps.tokens.index("circle")]
-    middle = circle[2:6, 2:6].mean()
-    corners = torch.stack([circle[:2, :2], circle[:2, -2:], circle[-2:, :2], circle[-2:, -2:]]).mean()
+    q, half = side // 4, side // 2
+    middle = circle[q:side - q, q:side - q].mean()
+    corners = torch.stack([circle[:q, :q], circle[:q, -q:], circle[-q:, :q], circle[-q:, -q:]]).mean()
     assert middle > 3 * corners
     corner = t2i.generate(embedded, _embedded_request("a large red circle at the bottom right on a white background"),
                           attention=True).attention
     moved = corner.at(0)[0, corner.tokens.index("circle")]
-    assert moved[4:, 4:].sum() > 2 * moved[:4, :4].sum()  # the word follows the shape to its corner
+    assert moved[half:, half:].sum() > 2 * moved[:half, :half].sum()  # the word follows the shape to its corner
     plain = t2i.generate(embedded, _embedded_request("a large red circle in the center on a white background"))
     assert np.array_equal(_pixels(centre), _pixels(plain))
 
@@ -348,6 +350,7 @@ def test_on_the_embedded_model_an_odd_non_square_latent_works(embedded):
     run = t2i.generate(embedded, _embedded_request("a small blue square", width=72, height=64,
                                                    num_inference_steps=3), attention=True)
     maps = run.attention
-    assert run.images[0].size == (72, 64) and maps.steps.shape == (3, 1, 4, 8, 9)
-    assert len(maps.layers) == 7  # every layer's grid (8×9, 4×5, 2×3) was found
+    f = embedded.vae_scale_factor
+    assert run.images[0].size == (72, 64) and maps.steps.shape == (3, 1, 4, 64 // f, 72 // f)
+    assert len(maps.layers) == 7  # every layer's grid (for 8×9 latents: 8×9, 4×5, 2×3) was found
     assert maps.tokens == ["a", "small", "blue", "square"] and torch.isfinite(maps.total).all()
