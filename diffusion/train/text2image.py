@@ -19,6 +19,9 @@ Every part of a latent diffusion model (Rombach et al. 2022), as
    (the shape covers a few % of the picture, and it is what the captions talk
    about), plus a small KL term. Afterwards the latent scale factor is set to
    1 / std of the training latents (SD's 0.18215 was found the same way).
+   The shipped model uses ``--vae-channels 16,32,64 --latent-channels 4``: 16×16×4
+   latents, a 4× shrink, whose reconstructions keep small shapes (its model card
+   has the measurements).
 1b. **Decoder** (``--decoder-steps``): the decoder alone trains on, the encoder
    frozen, so the latent space stays as it was and small corners come back sharp.
 2. **Text encoder + denoiser** (``CLIPTextModel`` + ``UNet2DConditionModel``),
