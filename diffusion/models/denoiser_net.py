@@ -209,13 +209,16 @@ def tweedie(unet: UNet2DModel, levels: NoiseLevels, y: torch.Tensor, sigma_model
         return y.clone()
     s = torch.from_numpy(sigmas).float().view(-1, 1, 1, 1).to(y.device)
     tau = torch.from_numpy(levels.tau(sigmas)).float().to(y.device)
-    eps = predict(unet, tweedie_input(y, s), tau)
+    eps = predict(unet, tweedie_input(y, sigmas), tau)
     return y - s * eps
 
 
-def tweedie_input(y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def tweedie_input(y: torch.Tensor, sigma_model: float | np.ndarray) -> torch.Tensor:
     """``x_{τ*} = √ᾱ y`` with ``√ᾱ = 1 / √(1 + σ²)``: the network's input for ``y = x_0 + σ ε``.
 
-    Multi-step DDIM starts from the same tensor, so its first network pass is the one-step pass.
+    ``sigma_model`` as for :func:`tweedie`. Multi-step DDIM starts from the same tensor, so
+    its first network pass is the one-step pass.
     """
+    sigmas = np.broadcast_to(np.asarray(sigma_model, dtype=np.float64), (y.shape[0],)).copy()
+    s = torch.from_numpy(sigmas).float().view(-1, 1, 1, 1).to(y.device)
     return y * (1.0 + s**2).rsqrt()

@@ -252,9 +252,7 @@ class DiffusionDenoiser:
         y, sigmas = self._planes(noisy, sigma_255, color)
         grid, abars = multi_step_grid(self.levels, sigmas, steps)
         generator = torch.Generator().manual_seed(int(seed))
-        s0 = torch.from_numpy(np.broadcast_to(np.asarray(sigmas, dtype=np.float64), (y.shape[0],)).copy()
-                              ).float().view(-1, 1, 1, 1).to(self.device)
-        x = tweedie_input(y, s0)  # √ᾱ_{τ*} y, computed exactly as the one-step method does
+        x = tweedie_input(y, sigmas)  # √ᾱ_{τ*} y, computed exactly as the one-step method does
         recorder = Recorder(dtype=torch.float32)  # frames become pictures later: keep them exact
         stopped, done, reused = False, 0, 0
         for i in range(steps):

@@ -5,7 +5,8 @@ Two published ideas, one after the other:
 1. **Weakly textured patches** (Liu, Tanaka & Okutomi 2013, "Single-image noise level
    estimation for blind denoising", IEEE TIP). In a patch of pure noise of variance σ²
    the sum of squared horizontal and vertical differences ξ = xᵀ(DₕᵀDₕ + DᵥᵀDᵥ)x follows,
-   near enough, a gamma law with shape rank/2 and scale 2σ²·trace/rank. Patches whose ξ
+   near enough, a gamma law (here with ξ's exact mean and variance; the paper matches the
+   mean and the rank, see :func:`texture_threshold`). Patches whose ξ
    lies above that law's ``confidence`` quantile hold texture, and are left out. The
    threshold depends on σ², so estimate and selection alternate a few times.
 2. **The eigenvalue rule** (Chen, Zhu & Heng 2015, ICCV, "An Efficient Statistical Method
@@ -54,7 +55,7 @@ PATCH = 7         # r, as Liu et al.
 CONFIDENCE = 0.99  # the texture test's quantile
 ROUNDS = 6        # selection ↔ estimate rounds (stops early once σ̂² moves by < 0.01 %)
 GROUPS = 8        # jackknife groups
-MARGIN = 2.0      # a patch whose mean in some channel lies within 2 σ̂ of 0 or 255 is left out (clipping)
+MARGIN = 2.0      # a patch (of one channel) whose mean lies within 2 σ̂ of 0 or 255 is left out (clipping)
 MAX_PATCHES = 40_000  # patches read at most, spread evenly over the kept ones (memory, time)
 
 
